@@ -1,0 +1,1 @@
+"""The data layer: manifests, NIfTI loading, phantoms, splits, preprocessing cache, mixing."""
