@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     how = s.add_mutually_exclusive_group()
     how.add_argument("--folds", type=int, help="k-fold cross-validation")
     how.add_argument("--test", type=float, help="test proportion (with --val)")
-    s.add_argument("--val", type=float, help="validation proportion")
+    s.add_argument("--val", type=float, help="validation proportion: of the non-test subjects with --folds "
+                   "(default 0.2), of all labelled subjects with --test (required)")
     amount = s.add_mutually_exclusive_group()
     amount.add_argument("--fractions", type=_floats, help="nested real-data fractions, e.g. 0.1,0.5,1")
     amount.add_argument("--counts", type=_ints, help="nested labelled-subject counts, e.g. 1,3,6,12")

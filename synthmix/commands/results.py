@@ -1,0 +1,63 @@
+"""``synthmix results``: a study's (or any Parquet/CSV file's) results as a table of
+``mean (std) n`` per cell, each cell tested against a baseline, optionally plotted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="results table with significance tests, and plots",
+                       description="Group results rows into cells (--rows x --cols), show mean (std) n "
+                       "of --metric, and test each cell against --baseline within the same levels "
+                       "of the other factors.")
+    p.add_argument("source", help="study name (under --storage), study folder, folder of Parquet "
+                   "files, one .parquet/.csv file, or a URI such as s3://bucket/study")
+    p.add_argument("--storage", help="storage root for study names (default $SYNTHMIX_STORAGE or ./runs)")
+    p.add_argument("--metric", default="dice_mean", help="metric column (default dice_mean)")
+    p.add_argument("--rows", type=_names, help="row factors, comma-separated (default: the baseline factor)")
+    p.add_argument("--cols", type=_names, help="column factors (default: every other factor that varies)")
+    p.add_argument("--baseline", help="FACTOR=LEVEL every cell is compared with (default synthetic=0)")
+    p.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help="filter, repeatable: 'architecture=unet', 'real_fraction<=0.5', 'synthetic in 0,0.5'")
+    p.add_argument("--test", default="auto", help="auto (default), student, welch, paired, wilcoxon, corrected")
+    p.add_argument("--correction", default="holm", choices=["holm", "bh", "none"],
+                   help="multiple-comparison correction over the table (default holm)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--paper", action="store_true", help="the papers' analysis: unpaired two-tailed "
+                   "Student t-test at 5%% against the baseline, no correction")
+    p.add_argument("--n-train", type=float, help="training subjects per resample (corrected test; "
+                   "default: column n_train_subjects per row)")
+    p.add_argument("--n-test", type=float, help="test subjects per resample (default: column n_test_subjects)")
+    p.add_argument("--format", default="table", choices=["table", "markdown", "latex", "csv", "json"])
+    p.add_argument("--digits", type=int, default=3, help="decimals shown (default 3)")
+    p.add_argument("--plot", metavar="FILE.png", help="also write a plot")
+    p.add_argument("--plot-kind", default="line", choices=["line", "box"],
+                   help="line: metric vs real fraction with confidence bands; box: box plots with "
+                   "not-significant brackets")
+    p.add_argument("--x", help="x-axis factor of the plot (default real_fraction or real_count)")
+    p.set_defaults(handler=_results)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _results(args: argparse.Namespace) -> int:
+    from synthmix.results import analyse, read_results
+    from synthmix.results.tables import footer, render
+
+    test, correction, alpha = ("student", "none", 0.05) if args.paper else (args.test, args.correction, args.alpha)
+    analysis = analyse(read_results(args.source, storage=args.storage), metric=args.metric,
+                       rows=args.rows, cols=args.cols, baseline=args.baseline, where=args.where,
+                       test=test, correction=correction, alpha=alpha, n_train=args.n_train, n_test=args.n_test)
+    if args.plot:  # before the table, so a plot error leaves no partial output
+        from synthmix.results.plots import plot
+
+        print(f"wrote {plot(analysis, args.plot, kind=args.plot_kind, x=args.x)}", file=sys.stderr)
+    print(render(analysis, args.format, digits=args.digits))
+    if args.format in ("csv", "json"):  # keep stdout machine-readable
+        for line in footer(analysis):
+            print(line, file=sys.stderr)
+    return 0

@@ -1,0 +1,347 @@
+"""Mixing policies: how a cell's `synthetic` level turns into a stream of real + synthetic batches.
+
+``MIXING_POLICIES`` maps the YAML name (``mixing.policy``) to a policy object. Each policy:
+
+- ``parse(level)`` -> the canonical level (float, int or str), or ``ValueError`` whose message
+  says what is wrong with it (the schema prefixes the field path);
+- ``check(level, *, batch_size, source)`` -> problems that need other study fields (e.g. a
+  minibatch composition must add up to the segmenter's batch size);
+- ``uses_synthetic(level)`` -> whether a cell at this level needs a generator at all;
+- ``build_sampler(level, *, real, synthetic, batch_size)`` -> a ``BatchSampler``
+  (``sample(batch_size, rng) -> (images (B,C,H,W) float32, labels (B,H,W) int64)``); calling the
+  policy object does the same.
+
+| policy | level | each draw |
+| --- | --- | --- |
+| additive | 0.5 = +50% synthetic | uniform over real ∪ the first round(level * n_real) pool samples |
+| probability | "100:1" real:synthetic | synthetic with probability 1/101, uniform over the whole pool |
+| minibatch | "8-8" real-generated | exactly 8 real and 8 synthetic per batch |
+| count | 500 synthetic samples | uniform over real ∪ the first 500 pool samples |
+| synthetic_only | 0 = real only, n > 0 = only synthetic | synthetic, from the first n pool samples |
+
+``synthetic`` is a fixed ``SyntheticPool`` (pool source) or a callable ``generate(n, rng) ->
+(images, labels)`` (on-the-fly source: every synthetic draw is a fresh sample, the pool is
+effectively infinite, so a level's proportion of synthetic draws is kept but no prefix applies).
+
+Real draws always go through the segmentation trainer's ``RealSampler`` so that a baseline cell
+and a mixed cell see real data the same way; drawing "uniformly over real ∪ synthetic" is done as
+k ~ Binomial(B, m / (n + m)) synthetic draws plus B - k real draws, which has the same law.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Union
+
+import numpy as np
+
+from synthmix.datasets.arrays import SliceSet, SyntheticPool
+from synthmix.errors import DataError
+from synthmix.registry import Registry
+
+Batch = tuple[np.ndarray, np.ndarray]
+Generate = Callable[[int, np.random.Generator], Batch]
+Synthetic = Union[SyntheticPool, Generate, None]
+
+
+class BatchSampler(Protocol):
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch: ...
+
+
+class _UniformRealSampler:
+    """Fallback used only while synthmix.trainers.segmentation (and its RealSampler) is absent:
+    slices drawn uniformly with replacement."""
+
+    def __init__(self, train: SliceSet):
+        self.train = train
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        idx = rng.integers(0, len(self.train), size=batch_size)
+        return self.train.images[idx], self.train.labels[idx]
+
+
+def real_sampler(real: SliceSet) -> BatchSampler:
+    """The segmentation trainer's RealSampler over ``real`` (imported lazily: it pulls in torch)."""
+    if len(real) == 0:
+        raise DataError("mixing: the real training set has no slices")
+    try:
+        from synthmix.trainers.segmentation import RealSampler
+    except ImportError:
+        return _UniformRealSampler(real)
+    return RealSampler(real)
+
+
+# --- synthetic sources ---------------------------------------------------------------------------
+
+
+class _PoolSource:
+    """Uniform draws from the first ``limit`` samples of a fixed pool."""
+
+    def __init__(self, pool: SyntheticPool, limit: int):
+        self.pool, self.limit = pool, limit
+
+    def draw(self, n: int, rng: np.random.Generator) -> Batch:
+        idx = rng.integers(0, self.limit, size=n)
+        return self.pool.images[idx], self.pool.labels[idx]
+
+
+class _OnTheFlySource:
+    """Fresh samples from a generator callable for every draw."""
+
+    def __init__(self, generate: Generate):
+        self.generate = generate
+
+    def draw(self, n: int, rng: np.random.Generator) -> Batch:
+        images, labels = self.generate(n, rng)
+        if len(images) != n or len(labels) != n:
+            raise DataError(f"mixing: the on-the-fly generator returned {len(images)} samples, asked for {n}")
+        return np.asarray(images), np.asarray(labels)
+
+
+def _source(synthetic: Synthetic, needed: int | None, what: str, real: SliceSet) -> _PoolSource | _OnTheFlySource:
+    """Wrap ``synthetic``; ``needed`` is how many pool samples the level uses (None = the whole pool)."""
+    if synthetic is None:
+        raise DataError(f"mixing: {what} needs synthetic data, none was given")
+    if isinstance(synthetic, SyntheticPool):
+        if synthetic.images.shape[1:] != real.images.shape[1:]:
+            raise DataError(f"mixing: synthetic images {synthetic.images.shape[1:]} do not match "
+                            f"real images {real.images.shape[1:]} (channels, height, width)")
+        limit = len(synthetic) if needed is None else needed
+        if limit < 1 or limit > len(synthetic):
+            raise DataError(f"mixing: {what} needs {limit} synthetic samples, the pool has {len(synthetic)}")
+        return _PoolSource(synthetic, limit)
+    if callable(synthetic):
+        return _OnTheFlySource(synthetic)
+    raise TypeError(f"synthetic must be a SyntheticPool, a callable or None, got {type(synthetic).__name__}")
+
+
+# --- samplers ------------------------------------------------------------------------------------
+
+
+def _join(parts: list[Batch], shape: tuple[int, ...]) -> Batch:
+    images = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+    labels = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
+    if images.shape[1:] != shape:
+        raise DataError(f"mixing: synthetic images {images.shape[1:]} do not match real images {shape}")
+    return images, labels
+
+
+class BernoulliMixSampler:
+    """Each item of a batch is synthetic with probability ``p_synthetic``, independently."""
+
+    def __init__(self, *, real: BatchSampler, synthetic, p_synthetic: float, shape: tuple[int, ...]):
+        self.real, self.synthetic, self.p, self.shape = real, synthetic, p_synthetic, shape
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        k = int(rng.binomial(batch_size, self.p))
+        parts = []
+        if batch_size - k:
+            parts.append(self.real.sample(batch_size - k, rng))
+        if k:
+            parts.append(self.synthetic.draw(k, rng))
+        return _join(parts, self.shape)
+
+
+class CompositionSampler:
+    """Exactly ``n_real`` real and ``n_synthetic`` synthetic items per batch (Neff et al.)."""
+
+    def __init__(self, *, real: BatchSampler | None, synthetic, n_real: int, n_synthetic: int,
+                 shape: tuple[int, ...]):
+        self.real, self.synthetic = real, synthetic
+        self.n_real, self.n_synthetic, self.shape = n_real, n_synthetic, shape
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        if batch_size != self.n_real + self.n_synthetic:
+            raise ValueError(f"minibatch {self.n_real}-{self.n_synthetic} draws batches of "
+                             f"{self.n_real + self.n_synthetic}, asked for {batch_size}")
+        parts = []
+        if self.n_real:
+            parts.append(self.real.sample(self.n_real, rng))
+        if self.n_synthetic:
+            parts.append(self.synthetic.draw(self.n_synthetic, rng))
+        return _join(parts, self.shape)
+
+
+# --- policies ------------------------------------------------------------------------------------
+
+
+def _number(level: Any, what: str) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
+        raise ValueError(f"{level!r} is not a number ({what})")
+    if level < 0:
+        raise ValueError(f"{level!r} is negative ({what} must be >= 0)")
+    return level
+
+
+def _count(level: Any, what: str) -> int:
+    value = _number(level, what)
+    if value != int(value):
+        raise ValueError(f"{level!r} is not a whole number ({what})")
+    return int(value)
+
+
+def _fmt(x: float) -> str:
+    return format(x, "g")
+
+
+class _Policy:
+    """Shared defaults; subclasses define parse, uses_synthetic and build_sampler."""
+
+    name = ""
+    meaning = ""
+
+    def check(self, level: Any, *, batch_size: int | None, source: str) -> list[str]:
+        return []
+
+    def __call__(self, level: Any, **kwargs: Any) -> BatchSampler:
+        return self.build_sampler(level, **kwargs)
+
+    def _bernoulli(self, real: SliceSet, synthetic: Synthetic, m: int | None, p: float, level: Any) -> BatchSampler:
+        if p == 0:
+            return real_sampler(real)
+        source = _source(synthetic, m, f"{self.name} level {level!r}", real)
+        rs = real_sampler(real) if p < 1 else None
+        return BernoulliMixSampler(real=rs, synthetic=source, p_synthetic=p, shape=real.images.shape[1:])
+
+
+class Additive(_Policy):
+    name = "additive"
+    meaning = "extra synthetic samples as a fraction of the real ones (0.5 = +50%)"
+
+    def parse(self, level: Any) -> float:
+        return float(_number(level, "an additive synthetic amount"))
+
+    def uses_synthetic(self, level: Any) -> bool:
+        return self.parse(level) > 0
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+        m = round(self.parse(level) * len(real))
+        if self.parse(level) > 0 and m == 0:
+            raise DataError(f"mixing: additive level {level!r} of {len(real)} real slices rounds to 0 samples")
+        return self._bernoulli(real, synthetic, m, m / (len(real) + m), level)
+
+
+class Probability(_Policy):
+    name = "probability"
+    meaning = "real:synthetic sampling ratio per draw ('100:1' ... '1:1'; 0 = real only)"
+
+    def parse(self, level: Any) -> str:
+        if level == 0 and not isinstance(level, bool):
+            return "1:0"
+        if isinstance(level, int) and not isinstance(level, bool):
+            raise ValueError(f"{level!r} is not a ratio; quote ratios, e.g. '100:1' "
+                             "(YAML reads an unquoted 100:1 as the base-60 number 6001)")
+        parts = str(level).split(":")
+        try:
+            real, syn = (_number(float(p), "a ratio part") for p in parts) if len(parts) == 2 else (None, None)
+        except ValueError:
+            real = syn = None
+        if real is None or real + syn == 0:
+            raise ValueError(f"{level!r} is not a real:synthetic ratio such as '10:1'")
+        return f"{_fmt(real)}:{_fmt(syn)}"
+
+    def p_synthetic(self, level: Any) -> float:
+        real, syn = (float(x) for x in self.parse(level).split(":"))
+        return syn / (real + syn)
+
+    def uses_synthetic(self, level: Any) -> bool:
+        return self.p_synthetic(level) > 0
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+        return self._bernoulli(real, synthetic, None, self.p_synthetic(level), level)
+
+
+class Minibatch(_Policy):
+    name = "minibatch"
+    meaning = "real-generated pairs in every minibatch ('8-8'); must add up to the batch size"
+
+    def parse(self, level: Any) -> str:
+        parts = str(level).split("-")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or sum(map(int, parts)) == 0:
+            raise ValueError(f"{level!r} is not a real-generated composition such as '8-8'")
+        return f"{int(parts[0])}-{int(parts[1])}"
+
+    def composition(self, level: Any) -> tuple[int, int]:
+        real, syn = self.parse(level).split("-")
+        return int(real), int(syn)
+
+    def uses_synthetic(self, level: Any) -> bool:
+        return self.composition(level)[1] > 0
+
+    def check(self, level: Any, *, batch_size: int | None, source: str) -> list[str]:
+        total = sum(self.composition(level))
+        if batch_size is None:
+            return [f"{self.parse(level)!r} needs the segmenter's batch_size to check against"]
+        if total != batch_size:
+            return [f"{self.parse(level)!r} adds up to {total}, the segmenter batch_size is {batch_size}"]
+        return []
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+        n_real, n_syn = self.composition(level)
+        if n_real + n_syn != batch_size:
+            raise ValueError(f"minibatch {level!r} does not add up to the batch size {batch_size}")
+        if n_syn == 0:
+            return real_sampler(real)
+        source = _source(synthetic, None, f"minibatch level {level!r}", real)
+        return CompositionSampler(real=real_sampler(real) if n_real else None, synthetic=source,
+                                  n_real=n_real, n_synthetic=n_syn, shape=real.images.shape[1:])
+
+
+class Count(_Policy):
+    name = "count"
+    meaning = "absolute number of synthetic samples added to the real ones"
+
+    def parse(self, level: Any) -> int:
+        return _count(level, "a synthetic count")
+
+    def uses_synthetic(self, level: Any) -> bool:
+        return self.parse(level) > 0
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+        c = self.parse(level)
+        return self._bernoulli(real, synthetic, c, c / (len(real) + c), level)
+
+
+class SyntheticOnly(_Policy):
+    name = "synthetic_only"
+    meaning = "0 = real only (the baseline); n > 0 = train on n synthetic samples and no real ones"
+
+    def parse(self, level: Any) -> int:
+        return _count(level, "a synthetic-only pool size")
+
+    def uses_synthetic(self, level: Any) -> bool:
+        return self.parse(level) > 0
+
+    def check(self, level: Any, *, batch_size: int | None, source: str) -> list[str]:
+        if source == "on_the_fly" and self.parse(level) > 1:
+            return [f"{level!r}: with an on-the-fly source every positive level means the same "
+                    "(unlimited fresh samples); use 0 (real only) and 1 (synthetic only)"]
+        return []
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+        n = self.parse(level)
+        return self._bernoulli(real, synthetic, n, 1.0 if n else 0.0, level)
+
+
+MIXING_POLICIES: Registry = Registry("mixing policy")
+"""YAML name -> policy object (parse, check, uses_synthetic, build_sampler; see module docstring)."""
+for _policy in (Additive(), Probability(), Minibatch(), Count(), SyntheticOnly()):
+    MIXING_POLICIES.add(_policy.name, _policy)
+
+SOURCES = ("pool", "on_the_fly")
+"""Where synthetic samples come from: a fixed pool generated once per generator key, or the
+generator itself during segmentation training."""
+
+
+@dataclass(frozen=True)
+class MixingSpec:
+    """The study's ``mixing`` section, validated."""
+
+    policy: str = "additive"
+    source: str = "pool"
+    pool_size: int | None = None
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+        return MIXING_POLICIES.get(self.policy).build_sampler(level, real=real, synthetic=synthetic,
+                                                              batch_size=batch_size)

@@ -1,0 +1,49 @@
+"""``synthmix status``: what a study's store says is done, failed and pending. No Ray needed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from synthmix.errors import SynthmixError
+from synthmix.orchestrator.store import StudyStore
+
+
+@dataclass
+class StudyStatus:
+    name: str
+    cells: list[str]
+    done: list[str]
+    failed: dict[str, str]   # cell id -> first line of its last error
+    pending: list[str]
+    generators: dict[str, bool]  # key -> trained
+
+    def render(self) -> str:
+        trained = sum(self.generators.values())
+        lines = [f"study {self.name}: {len(self.done)}/{len(self.cells)} cells done, "
+                 f"{len(self.failed)} failed, {len(self.pending)} pending; "
+                 f"generators trained {trained}/{len(self.generators)}"]
+        if self.failed:
+            lines.append("failed:")
+            lines += [f"  {cid}: {err}" for cid, err in self.failed.items()]
+        if self.pending:
+            lines.append("pending:")
+            lines += [f"  {cid}" for cid in self.pending]
+        return "\n".join(lines)
+
+
+def study_status(name: str, *, storage=None) -> StudyStatus:
+    from synthmix.trainers.generators.artifact import is_complete
+
+    store = StudyStore.open(name, storage)
+    if not store.plan_file.exists():
+        raise SynthmixError(f"no study named {name!r} under {store.root.parent} (no plan.json)")
+    plan = json.loads(store.plan_file.read_text())
+    cells = [c["cell_id"] for c in plan["cells"]]
+    finished = store.finished_cells()
+    errors = store.errors()
+    done = [c for c in cells if c in finished]
+    failed = {c: errors[c]["error"].splitlines()[0] for c in cells if c in errors and c not in finished}
+    pending = [c for c in cells if c not in finished and c not in failed]
+    generators = {j["key"]: is_complete(store.generator_dir(j["key"])) for j in plan.get("generator_jobs", [])}
+    return StudyStatus(name=store.name, cells=cells, done=done, failed=failed, pending=pending, generators=generators)

@@ -1,0 +1,329 @@
+"""Grid expansion: a validated Study + its dataset -> the Plan (cells, generator jobs, estimate).
+
+One cell is one combination of factor levels x one (fold, repeat); the grid is the full
+factorial of the factors in YAML order x folds x repeats, minus the ``exclude`` assignments.
+
+Identity and seeds (DESIGN rules 5 and 6):
+
+- ``cell_id`` = readable levels + fold/repeat + 8 hex digits of (study fingerprint, dataset
+  fingerprint), e.g. ``rf0.5-syn1-unet-none-f0-r2-1a2b3c4d``; the same study and data give the
+  same ids on every run, a changed config gives new ones.
+- a cell's ``seed`` derives from the study seed and the cell's coordinates (levels, fold, repeat).
+- the generator key hashes what decides a generator: dataset fingerprint, preprocess config,
+  study seed, fold, repeat, the sorted training subset, the unlabelled subjects, and the
+  generator name + config. Cells that differ only in architecture, augmentation or synthetic
+  level share a key; a key is one generator training (``Plan.generator_jobs``).
+
+The compute estimate is a model, not a measurement of the study: per training step,
+a fixed overhead + a cost per (batch x pixel) sample, times the steps. The constants in
+``STEP_COST`` were measured with one torch thread on the 2-CPU development VM (a shared x86
+cloud core): the default 4-level UNet (16-128 filters, Adam, batch 8) took 110 ms per step at
+32x32 and 265 ms at 64x64; the DCGAN (32 filters, batch 32, 5 WGAN-GP critic steps per generator
+step) 1.0 s per generator step at 32x32 and 4.6 s at 64x64. Validation passes, data loading and
+Ray overheads are not modelled, nor are GPUs: on a GPU cluster the estimate is an upper bound.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthmix.search_spaces.schema import Study, content_hash
+from synthmix.errors import StudyError
+
+# (seconds per step, seconds per million batch x pixel samples) on one CPU thread; for the
+# generator, per critic or generator update. See the module docstring for the measurements.
+STEP_COST = {"segmenter": (0.058, 6.3), "generator": (0.0, 5.5)}
+# The trainers' budget keys and defaults (SegmentationConfig.max_steps/batch_size,
+# GeneratorConfig.steps/batch_size), used when a study leaves them out.
+BUDGET = {"segmenter": ("max_steps", 600, 16), "generator": ("steps", 600, 32)}
+# Short prefixes that keep cell ids readable; other factors show their level alone.
+_ID_PREFIX = {"real_fraction": "rf", "real_count": "rc", "synthetic": "syn"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    factors: dict
+    fold: int
+    repeat: int
+    amount: float | int  # the cell's real_fraction or real_count
+    generator_key: str | None
+    seed: int
+
+    def to_dict(self) -> dict:
+        return {"cell_id": self.cell_id, **self.factors, "fold": self.fold, "repeat": self.repeat,
+                "amount": self.amount, "generator_key": self.generator_key, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class GeneratorJob:
+    key: str
+    fold: int
+    repeat: int
+    amount: float | int
+    subjects: tuple[str, ...]  # the labelled training subset the generator may see (rule 3)
+    config: dict               # build_generator_config options
+    name: str = "dcgan_wgangp"
+    seed: int = 0              # derived from the study seed and the key
+    unlabelled: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    study: Study
+    manifest: Path
+    dataset_fingerprint: str
+    splits: Any  # synthmix.datasets.splits.SplitPlan
+    cells: list[Cell]
+    generator_jobs: dict[str, GeneratorJob]
+    estimate: dict = field(default_factory=dict)
+
+    def cells_per_key(self) -> dict[str, int]:
+        counts = {k: 0 for k in self.generator_jobs}
+        for c in self.cells:
+            if c.generator_key:
+                counts[c.generator_key] += 1
+        return counts
+
+    def to_dict(self) -> dict:
+        per_key = self.cells_per_key()
+        return {
+            "study": self.study.name,
+            "fingerprint": self.study.fingerprint(),
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "manifest": str(self.manifest),
+            "factors": list(self.study.factors),
+            "levels": {k: list(v) for k, v in self.study.factors.items()},
+            "mixing": asdict(self.study.mixing),
+            "baseline": self.study.statistics.baseline,
+            "counts": {"cells": len(self.cells), "generator_trainings": len(self.generator_jobs),
+                       "cells_without_generator": sum(c.generator_key is None for c in self.cells)},
+            "cells": [c.to_dict() for c in self.cells],
+            "generator_jobs": [{**asdict(j), "subjects": list(j.subjects), "unlabelled": list(j.unlabelled),
+                                "cells": per_key[k]} for k, j in self.generator_jobs.items()],
+            "estimate": self.estimate,
+        }
+
+    def to_json(self) -> str:
+        """The study's plan.json (what the results aggregator reads)."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def render(self) -> str:
+        s, e, per_key = self.study, self.estimate, self.cells_per_key()
+        lines = [f"study {s.name} ({s.source})", f"  {s.description}" if s.description else "",
+                 "factors:"]
+        lines += [f"  {k}: {', '.join(map(str, v))}" for k, v in s.factors.items()]
+        folds = s.split.folds or 1
+        lines += [f"folds x repeats: {folds} x {s.split.repeats}",
+                  f"mixing: {s.mixing.policy} ({s.mixing.source})",
+                  f"cells: {len(self.cells)}",
+                  f"generator trainings (unique keys): {len(self.generator_jobs)}"]
+        if per_key:
+            counts = sorted(per_key.values())
+            lines.append(f"  cells per key: min {counts[0]}, max {counts[-1]}; "
+                         f"{sum(c.generator_key is None for c in self.cells)} cells use no generator")
+        if e:
+            r = e["per_trial"]
+            lines += [f"resources per training: {r['workers']} worker(s) x ({r['cpus_per_worker']:g} CPU, "
+                      f"{r['gpus_per_worker']:g} GPU) = {r['cpus']:g} CPU, {r['gpus']:g} GPU",
+                      f"estimated compute (a model, see synthmix.search_spaces.expand): "
+                      f"{_hours(e['total_cpu_seconds'])} CPU time "
+                      f"(segmentation {_hours(e['segmenter_cpu_seconds'])}, generators "
+                      f"{_hours(e['generator_cpu_seconds'])}); about {_hours(e['wall_seconds'])} wall "
+                      f"with {e['parallel_trials']} trial(s) at a time"]
+        return "\n".join(line for line in lines if line)
+
+
+def _hours(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --- dataset -----------------------------------------------------------------------------------
+
+
+def resolve_dataset(study: Study, data_root: str | Path) -> Path:
+    """The manifest path of the study's dataset. A phantom is written once into
+    ``data_root/phantom-<hash of its parameters>/`` (built in a temporary folder and renamed, so
+    a concurrent or interrupted run never sees half a dataset)."""
+    if study.dataset.manifest:
+        return Path(study.dataset.manifest)
+    from synthmix.datasets.phantom import write_phantom_dataset
+
+    params = asdict(study.dataset.phantom)
+    root = Path(data_root)
+    final = root / f"phantom-{content_hash(params, 12)}"
+    manifest = final / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".phantom.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer per data root; others wait, then reuse
+        if not manifest.is_file():
+            tmp = root / f".{final.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            written = write_phantom_dataset(tmp, **params)
+            os.replace(tmp, final)
+            manifest = final / Path(written).relative_to(tmp)
+    return manifest
+
+
+# --- expansion -----------------------------------------------------------------------------------
+
+
+def derive_seed(*parts: Any) -> int:
+    """A seed in [0, 2**31) from the canonical JSON of ``parts``."""
+    return int(content_hash(list(parts), 16), 16) % 2**31
+
+
+def grid(study: Study) -> list[dict]:
+    """Every factor-level combination, in YAML factor order, minus the excluded ones."""
+    names = list(study.factors)
+    combos = [dict(zip(names, levels)) for levels in itertools.product(*study.factors.values())]
+    return [c for c in combos if not any(_matches(c, ex) for ex in study.exclude)]
+
+
+def _matches(combo: dict, exclusion: dict) -> bool:
+    return all(combo[k] in levels for k, levels in exclusion.items())
+
+
+def _level_text(value: Any) -> str:
+    text = format(value, "g") if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text)
+
+
+def cell_id(factors: dict, fold: int, repeat: int, suffix: str) -> str:
+    parts = [_ID_PREFIX.get(k, "") + _level_text(v) for k, v in factors.items()]
+    return "-".join([*parts, f"f{fold}", f"r{repeat}", suffix])
+
+
+def generator_key(*, dataset_fingerprint: str, preprocess: dict, seed: int, split: Any,
+                  name: str, config: dict) -> str:
+    return content_hash({
+        "dataset": dataset_fingerprint, "preprocess": preprocess, "seed": seed,
+        "fold": split.fold, "repeat": split.repeat, "subjects": sorted(split.train),
+        "unlabelled": sorted(split.unlabelled), "generator": name, "config": config}, 24)
+
+
+def build_split_plan(study: Study, labelled_ids, unlabelled_ids=()) -> Any:
+    from synthmix.datasets.splits import SplitSpec, build_splits
+
+    real = study.real_factor
+    amounts = {"fractions": list(study.factors[real])} if real == "real_fraction" else \
+        {"counts": list(study.factors[real])}
+    spec = SplitSpec(folds=study.split.folds, test=study.split.test, val=study.split.val,
+                     repeats=study.split.repeats, seed=study.seed, **amounts)
+    return build_splits(labelled_ids, spec, unlabelled_ids=unlabelled_ids)
+
+
+def expand_study(study: Study, manifest: str | Path) -> Plan:
+    """The study's plan over the dataset at ``manifest`` (see resolve_dataset)."""
+    from synthmix.datasets.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    splits = build_split_plan(study, m.labelled_ids, m.unlabelled_ids)
+    return expand_cells(study, splits, dataset_fingerprint=m.fingerprint(), manifest=Path(manifest))
+
+
+def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifest: Path) -> Plan:
+    """Cells and generator jobs from a split plan (``splits.get(fold, repeat, amount)``)."""
+    suffix = content_hash([study.fingerprint(), dataset_fingerprint], 8)
+    real = study.real_factor
+    cells: list[Cell] = []
+    jobs: dict[str, GeneratorJob] = {}
+    for repeat in range(study.split.repeats):
+        for fold in range(study.split.folds or 1):
+            for combo in grid(study):
+                split = splits.get(fold, repeat, combo[real])
+                key = None
+                if study.uses_synthetic(combo["synthetic"]):
+                    key = _job(study, combo, split, dataset_fingerprint, jobs).key
+                cells.append(Cell(cell_id=cell_id(combo, fold, repeat, suffix), factors=combo, fold=fold,
+                                  repeat=repeat, amount=combo[real], generator_key=key,
+                                  seed=derive_seed(study.seed, "cell", combo, fold, repeat)))
+    if not cells:
+        raise StudyError(["exclude: removes every cell; the grid is empty"], study.source)
+    ids = [c.cell_id for c in cells]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise StudyError([f"factors: two levels print the same in cell ids ({dup}); rename one"], study.source)
+    plan = Plan(study=study, manifest=manifest, dataset_fingerprint=dataset_fingerprint, splits=splits,
+                cells=cells, generator_jobs=jobs)
+    plan.estimate = estimate(plan)
+    return plan
+
+
+def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
+         jobs: dict[str, GeneratorJob]) -> GeneratorJob:
+    configs = study.generator.configs
+    name = combo.get("generator") or next(iter(configs))
+    config = configs[name]
+    key = generator_key(dataset_fingerprint=dataset_fingerprint, preprocess=study.dataset.preprocess,
+                        seed=study.seed, split=split, name=name, config=config)
+    if key not in jobs:
+        jobs[key] = GeneratorJob(key=key, fold=split.fold, repeat=split.repeat, amount=split.amount,
+                                 subjects=tuple(sorted(split.train)), config=dict(config), name=name,
+                                 seed=derive_seed(study.seed, "generator", key),
+                                 unlabelled=tuple(sorted(split.unlabelled)))
+    return jobs[key]
+
+
+# --- estimate ----------------------------------------------------------------------------------
+
+
+def _image_pixels(study: Study) -> int:
+    pre = study.dataset.preprocess
+    size = pre.get("patch_size") or pre.get("pad_to")
+    if size is None and study.dataset.phantom:
+        size = study.dataset.phantom.size
+    if size is None:
+        size = 128  # a manifest's slice size is only known after loading; assume a common one
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(h) * int(w)
+
+
+def _budget(config: dict, kind: str) -> tuple[int, int]:
+    key, steps, batch = BUDGET[kind]
+    return int(config.get(key, steps)), int(config.get("batch_size", batch))
+
+
+def _step_seconds(kind: str, batch: int, pixels: int) -> float:
+    overhead, per_mpix = STEP_COST[kind]
+    return overhead + batch * pixels / 1e6 * per_mpix
+
+
+def estimate(plan: Plan) -> dict:
+    """Per-trial resources and the modelled total compute (see the module docstring)."""
+    s, r = plan.study, plan.study.resources
+    pixels = _image_pixels(s)
+    seg_steps, seg_batch = _budget(s.segmenter, "segmenter")
+    seg = len(plan.cells) * seg_steps * _step_seconds("segmenter", seg_batch, pixels)
+    gen = 0.0
+    for job in plan.generator_jobs.values():
+        steps, batch = _budget(job.config, "generator")
+        updates = 1 + int(job.config.get("n_critic", 5))  # WGAN-GP: n_critic critic updates per step
+        gen += steps * updates * _step_seconds("generator", batch, pixels)
+    cpus = r.workers * r.cpus_per_worker
+    parallel = r.max_concurrent_trials or max(1, int((os.cpu_count() or 1) // max(cpus, 1)))
+    total = seg + gen
+    return {
+        "per_trial": {"workers": r.workers, "cpus_per_worker": r.cpus_per_worker,
+                      "gpus_per_worker": r.gpus_per_worker, "cpus": cpus, "gpus": r.workers * r.gpus_per_worker},
+        "image_pixels": pixels, "segmenter_steps": seg_steps, "segmenter_batch": seg_batch,
+        "segmenter_cpu_seconds": round(seg, 1), "generator_cpu_seconds": round(gen, 1),
+        "total_cpu_seconds": round(total, 1), "parallel_trials": parallel,
+        # Each training spreads over its trial's CPUs; trials run `parallel` at a time.
+        "wall_seconds": round(total / (min(parallel, max(len(plan.cells), 1)) * max(cpus, 1)), 1),
+        "model": "steps x (overhead + batch x pixels x cost), one CPU thread (an estimate; GPUs not modelled)",
+    }

@@ -1,0 +1,666 @@
+"""The study schema: a YAML file -> a typed, validated ``Study``, or a StudyError listing every
+problem, each naming its dotted field path (``factors.real_fraction[2]: 1.5 is outside (0, 1]``).
+
+Validation runs before anything is launched and rejects unknown keys everywhere. Component
+configs (preprocess, segmenter, generator) are checked by their owners' ``build_*`` functions;
+names (architecture, augmentation, generator, mixing policy) by their registries.
+
+A fully commented example (every section; defaults noted)::
+
+    name: my-study                 # required; names the study's storage folder
+    seed: 0                        # every split, subset and training seed derives from it
+    description: "what and why"    # free text, shown by `synthmix spaces list`
+    dataset:                       # exactly one of phantom / manifest
+      phantom: {subjects: 12, size: 32, classes: 3, unlabelled: 0, seed: 0}   # built-in data
+      # manifest: data/manifest.csv  # a NIfTI manifest, relative to this YAML file
+      preprocess: {axis: 2}        # synthmix.datasets.preprocess options (default: none)
+    split:                         # exactly one of folds / test+val
+      test: 0.25                   # test share of the labelled subjects
+      val: 0.25                    # validation share (with folds: share of the non-test ones)
+      # folds: 3                   # k-fold cross-validation instead of test/val
+      repeats: 3                   # independent redraws (default 1)
+    factors:                       # ordered; the grid is their full factorial x folds x repeats
+      real_fraction: [0.5, 1.0]    # nested shares of the training pool, in (0, 1]
+      # real_count: [1, 3, 6]      # or nested numbers of labelled training subjects
+      synthetic: [0, 1.0]          # read by mixing.policy (additive: +100% synthetic)
+      architecture: [unet]         # synthmix.trainers.networks.NETWORKS names
+      augmentation: [none]         # AUGMENTATIONS names (default [none])
+      # generator: [dcgan_wgangp]  # optional factor; then generator.configs per name
+    exclude:                       # partial assignments removed from the grid (default none)
+      - {real_fraction: 0.5, synthetic: 1.0}   # a level or a list of levels per factor
+    segmenter:                     # build_segmentation_config options, minus architecture,
+      max_steps: 60                # augmentation (from the factors) and seed (derived per cell)
+      batch_size: 8
+      network: {levels: 3}         # options of the one architecture, or per architecture:
+      # networks: {unet: {levels: 3}, uresnet: {levels: 3, num_res_units: 2}}
+    generator:                     # required when some synthetic level uses synthetic data
+      name: dcgan_wgangp           # a GENERATORS name
+      config: {steps: 40}          # build_generator_config options (not seed: derived)
+      # configs: {dcgan_wgangp: {steps: 40}}   # instead of name/config with factor generator
+    mixing:
+      policy: additive             # additive | probability | minibatch | count | synthetic_only
+      source: pool                 # pool (sampled once per generator) | on_the_fly
+    statistics:
+      test: ttest                  # ttest (two-tailed, the papers') | paired_ttest | wilcoxon
+                                   # | corrected_ttest (cross-validation)
+      correction: holm             # none | holm | bh
+      alpha: 0.05
+      baseline: {synthetic: 0}     # default: the synthetic level that uses no synthetic data
+    resources:
+      workers: 1                   # Ray Train workers per training
+      cpus_per_worker: 1
+      gpus_per_worker: 0
+      max_concurrent_trials: null  # null: derived from the cluster
+      max_failures: 1              # retries of a failed trial
+
+``fingerprint()`` hashes what can change a cell's result (seed, dataset, split, the real-amount
+levels, segmenter, generator, mixing) and leaves out name, description, statistics, resources,
+exclude and the other factors' level lists, so adding an architecture to a finished study keeps
+the ids (and results) of its finished cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from synthmix.datasets.mixing import MIXING_POLICIES, SOURCES
+from synthmix.errors import StudyError, SynthmixError
+
+TOP_KEYS = ("name", "seed", "description", "dataset", "split", "factors", "exclude", "segmenter",
+            "generator", "mixing", "statistics", "resources")
+REAL_FACTORS = ("real_fraction", "real_count")
+FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator")
+STAT_TESTS = ("ttest", "paired_ttest", "wilcoxon", "corrected_ttest")
+CORRECTIONS = ("none", "holm", "bh")
+# Registries that name factor levels: (module, attribute). Imported lazily (torch is slow).
+_REGISTRIES = {
+    "architecture": ("synthmix.trainers.networks", "NETWORKS"),
+    "augmentation": ("synthmix.trainers.augmentation", "AUGMENTATIONS"),
+    "generator": ("synthmix.trainers.generators", "GENERATORS"),
+}
+# Component config builders: (module, function); each raises StudyError on bad options.
+_BUILDERS = {
+    "preprocess": ("synthmix.datasets.preprocess", "build_preprocess_config"),
+    "segmenter": ("synthmix.trainers.segmentation", "build_segmentation_config"),
+    "generator": ("synthmix.trainers.generators.training", "build_generator_config"),
+}
+
+
+# --- typed sections --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    subjects: int = 12
+    size: int = 32
+    classes: int = 3
+    unlabelled: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    phantom: PhantomSpec | None
+    manifest: str | None  # absolute path
+    preprocess: dict
+
+
+@dataclass(frozen=True)
+class SplitSection:
+    folds: int | None
+    test: float | None
+    val: float | None
+    repeats: int
+
+
+@dataclass(frozen=True)
+class GeneratorSection:
+    configs: dict  # generator name -> its config dict (one entry without a generator factor)
+
+
+@dataclass(frozen=True)
+class MixingSection:
+    policy: str
+    source: str
+
+
+@dataclass(frozen=True)
+class StatisticsSection:
+    test: str
+    correction: str
+    alpha: float
+    baseline: dict | None
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    workers: int = 1
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+    max_concurrent_trials: int | None = None
+    max_failures: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Study:
+    """A validated study. ``factors`` keeps YAML order: name -> tuple of canonical levels."""
+
+    name: str
+    seed: int
+    description: str
+    dataset: DatasetSpec
+    split: SplitSection
+    factors: dict
+    exclude: tuple
+    segmenter: dict
+    generator: GeneratorSection | None
+    mixing: MixingSection
+    statistics: StatisticsSection
+    resources: ResourcesSection
+    source: str = field(default="study")
+    batch_size: int | None = None  # the segmenter's, when known
+
+    @property
+    def real_factor(self) -> str:
+        return next(f for f in REAL_FACTORS if f in self.factors)
+
+    def uses_synthetic(self, level: Any) -> bool:
+        return MIXING_POLICIES.get(self.mixing.policy).uses_synthetic(level)
+
+    def segmenter_config(self, architecture: str, augmentation: str) -> dict:
+        """The segmentation config dict of a cell with these levels (seed not included: the
+        orchestrator sets the cell's seed)."""
+        return segmenter_config(self.segmenter, architecture, augmentation)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("source", "batch_size")}
+        d["factors"] = {k: list(v) for k, v in self.factors.items()}
+        d["exclude"] = [dict(e) for e in self.exclude]
+        return d
+
+    def fingerprint(self) -> str:
+        d = self.to_dict()
+        kept = {k: d[k] for k in ("seed", "dataset", "split", "segmenter", "generator", "mixing")}
+        kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
+        return content_hash(kept)
+
+
+def content_hash(obj: Any, n: int = 16) -> str:
+    """Hex digest of the canonical JSON of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+# --- validation helpers ----------------------------------------------------------------------------
+
+
+class _Problems(list):
+    def add(self, path: str, message: str) -> None:
+        self.append(f"{path}: {message}")
+
+    def extend_from(self, path: str, err: StudyError) -> None:
+        for p in err.problems:
+            # Builders say "key: problem"; join as path.key so the field is fully named.
+            self.append(f"{path}.{p}" if re.match(r"^[\w\[\]]+: ", p) else f"{path}: {p}")
+
+
+def _mapping(raw: Any, path: str, problems: _Problems, known: tuple[str, ...] | None) -> dict:
+    """``raw`` as a dict (None -> {}); unknown keys reported when ``known`` is given."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.add(path, f"must be a mapping, got {type(raw).__name__} {raw!r}")
+        return {}
+    for key in raw:
+        if known is not None and key not in known:
+            problems.add(f"{path}.{key}" if path else str(key), f"unknown key; known: {', '.join(known)}")
+    return raw
+
+
+def _int(raw: dict, key: str, path: str, problems: _Problems, *, default: Any, minimum: int | None = None,
+         allow_none: bool = False) -> Any:
+    value = raw.get(key, default)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.add(f"{path}.{key}", f"must be an integer, got {value!r}")
+        return default
+    if minimum is not None and value < minimum:
+        problems.add(f"{path}.{key}", f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _num(raw: dict, key: str, path: str, problems: _Problems, *, default: Any,
+         check: Callable[[float], bool] = lambda x: True, bounds: str = "") -> Any:
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        problems.add(f"{path}.{key}", f"must be a number, got {value!r}")
+        return default
+    if not check(value):
+        problems.add(f"{path}.{key}", f"{value!r} is outside {bounds}")
+    return value
+
+
+def _choice(raw: dict, key: str, path: str, problems: _Problems, *, default: str, choices) -> str:
+    value = raw.get(key, default)
+    if value not in choices:
+        problems.add(f"{path}.{key}", f"unknown {key} {value!r}; known: {', '.join(choices)}")
+    return value
+
+
+def _import(spec: tuple[str, str]) -> Any | None:
+    """The named attribute, or None while its module is not written yet (any other import
+    error is a bug and propagates)."""
+    module, attr = spec
+    try:
+        return getattr(importlib.import_module(module), attr, None)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            return None
+        raise
+
+
+def known_names(kind: str) -> list[str] | None:
+    """Names in the registry behind factor ``kind``, or None while it does not exist."""
+    registry = _import(_REGISTRIES[kind])
+    return None if registry is None else registry.names()
+
+
+def _build(kind: str, config: dict, path: str, problems: _Problems) -> Any:
+    builder = _import(_BUILDERS[kind])
+    if builder is None:
+        return None
+    try:
+        return builder(dict(config))
+    except StudyError as err:
+        problems.extend_from(path, err)
+    except (SynthmixError, TypeError, ValueError) as err:
+        problems.add(path, str(err))
+    return None
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+def _dataset(raw: Any, base_dir: Path, problems: _Problems) -> DatasetSpec:
+    d = _mapping(raw, "dataset", problems, ("phantom", "manifest", "preprocess"))
+    if raw is None:
+        problems.add("dataset", "missing; give dataset.phantom or dataset.manifest")
+    phantom = manifest = None
+    if ("phantom" in d) == ("manifest" in d) and raw is not None:
+        problems.add("dataset", "give exactly one of phantom (built-in data) or manifest (a path)")
+    if "phantom" in d:
+        p = _mapping(d["phantom"], "dataset.phantom", problems, tuple(PhantomSpec.__dataclass_fields__))
+        dflt = PhantomSpec()
+        phantom = PhantomSpec(
+            subjects=_int(p, "subjects", "dataset.phantom", problems, default=dflt.subjects, minimum=3),
+            size=_int(p, "size", "dataset.phantom", problems, default=dflt.size, minimum=16),
+            classes=_int(p, "classes", "dataset.phantom", problems, default=dflt.classes, minimum=2),
+            unlabelled=_int(p, "unlabelled", "dataset.phantom", problems, default=dflt.unlabelled, minimum=0),
+            seed=_int(p, "seed", "dataset.phantom", problems, default=dflt.seed, minimum=0))
+        merges = _import(("synthmix.datasets.phantom", "CLASS_MERGES"))
+        if merges is not None and phantom.classes not in merges:
+            problems.add("dataset.phantom.classes", f"{phantom.classes} is not one of {sorted(merges)}")
+    if "manifest" in d:
+        if not isinstance(d["manifest"], str) or not d["manifest"]:
+            problems.add("dataset.manifest", f"must be a path, got {d['manifest']!r}")
+        else:
+            path = (base_dir / Path(d["manifest"]).expanduser()).resolve()
+            if not path.exists():
+                problems.add("dataset.manifest", f"{path} does not exist")
+            manifest = str(path)
+    preprocess = _mapping(d.get("preprocess"), "dataset.preprocess", problems, None)
+    _build("preprocess", preprocess, "dataset.preprocess", problems)
+    return DatasetSpec(phantom=phantom, manifest=manifest, preprocess=dict(preprocess))
+
+
+def _split(raw: Any, problems: _Problems) -> SplitSection:
+    s = _mapping(raw, "split", problems, ("folds", "test", "val", "repeats"))
+    if raw is None:
+        problems.add("split", "missing; give folds (cross-validation) or test and val proportions")
+    folds = _int(s, "folds", "split", problems, default=None, minimum=2, allow_none=True)
+    inside = lambda x: 0 < x < 1  # noqa: E731
+    test = _num(s, "test", "split", problems, default=None, check=inside, bounds="(0, 1)")
+    val = _num(s, "val", "split", problems, default=None, check=inside, bounds="(0, 1)")
+    repeats = _int(s, "repeats", "split", problems, default=1, minimum=1)
+    if raw is not None and (folds is None) == (test is None):
+        problems.add("split", "give exactly one of folds or test (with val)")
+    if test is not None and val is None:
+        problems.add("split.val", "required with split.test")
+    if test is not None and val is not None and test + val >= 1:
+        problems.add("split", f"test + val = {test + val:g} leaves no training subjects")
+    return SplitSection(folds=folds, test=test, val=val, repeats=repeats)
+
+
+def _mixing(raw: Any, problems: _Problems) -> MixingSection:
+    m = _mapping(raw, "mixing", problems, ("policy", "source"))
+    return MixingSection(
+        policy=_choice(m, "policy", "mixing", problems, default="additive", choices=MIXING_POLICIES.names()),
+        source=_choice(m, "source", "mixing", problems, default="pool", choices=SOURCES))
+
+
+def _level_parser(name: str, mixing: MixingSection) -> Callable[[Any], Any]:
+    """A function turning a raw level of factor ``name`` into its canonical value, raising
+    ValueError with the problem."""
+    if name == "real_fraction":
+        def parse(v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{v!r} is not a number")
+            if not 0 < v <= 1:
+                raise ValueError(f"{v!r} is outside (0, 1]")
+            return float(v)
+        return parse
+    if name == "real_count":
+        def parse(v: Any) -> int:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{v!r} is not a whole number of subjects >= 1")
+            return v
+        return parse
+    if name == "synthetic":
+        if mixing.policy not in MIXING_POLICIES:
+            return lambda v: v
+        return MIXING_POLICIES.get(mixing.policy).parse
+    known = known_names(name)
+
+    def parse_name(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"{v!r} is not a name")
+        if known is not None and v not in known:
+            raise ValueError(f"unknown {name} {v!r}; known: {', '.join(known)}")
+        return v
+    return parse_name
+
+
+def _factors(raw: Any, mixing: MixingSection, problems: _Problems) -> dict:
+    f = _mapping(raw, "factors", problems, FACTORS)
+    if raw is None:
+        problems.add("factors", "missing; give at least real_fraction (or real_count), synthetic and architecture")
+    if raw is not None:
+        if all(r in f for r in REAL_FACTORS):
+            problems.add("factors", "give real_fraction or real_count, not both")
+        elif not any(r in f for r in REAL_FACTORS):
+            problems.add("factors", "needs real_fraction (e.g. [1.0]) or real_count")
+        for required in ("synthetic", "architecture"):
+            if required not in f:
+                problems.add(f"factors.{required}", "missing; list at least one level")
+    factors: dict[str, tuple] = {}
+    for name, levels in f.items():
+        if name not in FACTORS:
+            continue
+        path = f"factors.{name}"
+        if not isinstance(levels, list):
+            problems.add(path, f"must be a list of levels, got {levels!r}")
+            continue
+        if not levels:
+            problems.add(path, "is empty; give at least one level")
+            continue
+        parse, parsed = _level_parser(name, mixing), []
+        for i, level in enumerate(levels):
+            try:
+                parsed.append(parse(level))
+            except ValueError as err:
+                problems.add(f"{path}[{i}]", str(err))
+        dupes = sorted({str(v) for v in parsed if parsed.count(v) > 1})
+        if dupes:
+            problems.add(path, f"duplicate levels: {', '.join(dupes)}")
+        factors[name] = tuple(parsed)
+    if raw is not None and "augmentation" not in f:
+        factors["augmentation"] = ("none",)
+    return factors
+
+
+def _assignment(raw: Any, path: str, factors: dict, mixing: MixingSection, problems: _Problems) -> dict:
+    """A partial assignment {factor: level or [levels]} -> {factor: tuple of canonical levels}."""
+    a = _mapping(raw, path, problems, tuple(factors))
+    out = {}
+    for name, value in a.items():
+        if name not in factors:
+            continue
+        parse, levels = _level_parser(name, mixing), []
+        for v in value if isinstance(value, list) else [value]:
+            try:
+                level = parse(v)
+            except ValueError as err:
+                problems.add(f"{path}.{name}", str(err))
+                continue
+            if level not in factors[name]:
+                problems.add(f"{path}.{name}", f"{v!r} is not a level of factors.{name} {list(factors[name])}")
+            levels.append(level)
+        out[name] = tuple(levels)
+    return out
+
+
+def _exclude(raw: Any, factors: dict, mixing: MixingSection, problems: _Problems) -> tuple:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.add("exclude", f"must be a list of partial assignments, got {raw!r}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        a = _assignment(item, f"exclude[{i}]", factors, mixing, problems)
+        if isinstance(item, dict) and not item:
+            problems.add(f"exclude[{i}]", "is empty; it would exclude every cell")
+        out.append(a)
+    return tuple(out)
+
+
+def _segmenter(raw: Any, factors: dict, problems: _Problems) -> tuple[dict, int | None]:
+    s = dict(_mapping(raw, "segmenter", problems, None))
+    for key in ("architecture", "augmentation"):
+        if key in s:
+            problems.add(f"segmenter.{key}", f"set it in factors.{key} (a factor, possibly one level)")
+            s.pop(key)
+    if "seed" in s:  # rule 5: a cell's seed derives from the study seed and its coordinates
+        problems.add("segmenter.seed", "set the study's seed instead; each cell derives its own")
+        s.pop("seed")
+    networks = _mapping(s.get("networks"), "segmenter.networks", problems, factors.get("architecture"))
+    if "networks" in s and "network" in s:
+        problems.add("segmenter.networks", "give network (one architecture) or networks (per architecture)")
+    batch_size = s.get("batch_size")
+    # Every architecture x augmentation combination must build; the first failure is reported.
+    combos = [(a, g) for a in factors.get("architecture", ()) for g in factors.get("augmentation", ())]
+    for arch, aug in combos or [(None, None)]:
+        cfg = segmenter_config(s, arch, aug) if arch else {k: v for k, v in s.items() if k != "networks"}
+        before = len(problems)
+        built = _build("segmenter", cfg, "segmenter", problems)
+        if len(problems) > before:
+            break
+        batch_size = getattr(built, "batch_size", batch_size)
+    return s, batch_size
+
+
+def segmenter_config(segmenter: dict, architecture: str, augmentation: str) -> dict:
+    """The build_segmentation_config dict of one cell: the segmenter section with the cell's
+    architecture, augmentation and (from ``networks``) that architecture's network options."""
+    cfg = {k: v for k, v in segmenter.items() if k != "networks"}
+    networks = segmenter.get("networks") or {}
+    if architecture in networks:
+        cfg["network"] = dict(networks[architecture] or {})
+    return {**cfg, "architecture": architecture, "augmentation": augmentation}
+
+
+def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> GeneratorSection | None:
+    g = _mapping(raw, "generator", problems, ("name", "config", "configs"))
+    if raw is None:
+        if needs:
+            problems.add("generator", "missing; some synthetic levels use synthetic data")
+        return None
+    if "generator" in factors:
+        if "name" in g or "config" in g:
+            problems.add("generator", "with factor generator, give configs: {name: config} instead of name/config")
+        configs = _mapping(g.get("configs", {}), "generator.configs", problems, None)
+        for name in factors["generator"]:
+            if name not in configs:
+                configs[name] = {}
+        for name in configs:
+            if name not in factors["generator"]:
+                problems.add(f"generator.configs.{name}", "is not a level of factors.generator")
+    else:
+        if "configs" in g:
+            problems.add("generator.configs", "only with factor generator; give name and config")
+        name = g.get("name")
+        known = known_names("generator")
+        if not isinstance(name, str):
+            problems.add("generator.name", f"must be a generator name, got {name!r}")
+        elif known is not None and name not in known:
+            problems.add("generator.name", f"unknown generator {name!r}; known: {', '.join(known)}")
+        configs = {name: _mapping(g.get("config", {}), "generator.config", problems, None)}
+    section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()})
+    for name, cfg in section.configs.items():
+        path = "generator.config" if "generator" not in factors else f"generator.configs.{name}"
+        if "seed" in cfg:  # rule 5: each generator's seed derives from the study seed and its key
+            problems.add(f"{path}.seed", "set the study's seed instead; each generator derives its own")
+            continue
+        _build("generator", cfg, path, problems)
+    return section
+
+
+def _statistics(raw: Any, factors: dict, mixing: MixingSection, problems: _Problems) -> StatisticsSection:
+    s = _mapping(raw, "statistics", problems, ("test", "correction", "alpha", "baseline"))
+    test = _choice(s, "test", "statistics", problems, default="ttest", choices=STAT_TESTS)
+    correction = _choice(s, "correction", "statistics", problems, default="holm", choices=CORRECTIONS)
+    alpha = _num(s, "alpha", "statistics", problems, default=0.05, check=lambda x: 0 < x < 1, bounds="(0, 1)")
+    if "baseline" in s:
+        assigned = _assignment(s["baseline"], "statistics.baseline", factors, mixing, problems)
+        baseline = {k: v[0] for k, v in assigned.items() if len(v) == 1}
+        if any(len(v) != 1 for v in assigned.values()):
+            problems.add("statistics.baseline", "give one level per factor")
+    else:
+        baseline = _default_baseline(factors, mixing)
+    return StatisticsSection(test=test, correction=correction, alpha=alpha, baseline=baseline)
+
+
+def _default_baseline(factors: dict, mixing: MixingSection) -> dict | None:
+    if mixing.policy not in MIXING_POLICIES:
+        return None
+    policy = MIXING_POLICIES.get(mixing.policy)
+    real_only = [v for v in factors.get("synthetic", ()) if not policy.uses_synthetic(v)]
+    return {"synthetic": real_only[0]} if len(real_only) == 1 else None
+
+
+def _resources(raw: Any, problems: _Problems) -> ResourcesSection:
+    r = _mapping(raw, "resources", problems, tuple(ResourcesSection.__dataclass_fields__))
+    dflt = ResourcesSection()
+    return ResourcesSection(
+        workers=_int(r, "workers", "resources", problems, default=dflt.workers, minimum=1),
+        cpus_per_worker=_num(r, "cpus_per_worker", "resources", problems, default=dflt.cpus_per_worker,
+                             check=lambda x: x > 0, bounds="(0, inf)"),
+        gpus_per_worker=_num(r, "gpus_per_worker", "resources", problems, default=dflt.gpus_per_worker,
+                             check=lambda x: x >= 0, bounds="[0, inf)"),
+        max_concurrent_trials=_int(r, "max_concurrent_trials", "resources", problems, default=None,
+                                   minimum=1, allow_none=True),
+        max_failures=_int(r, "max_failures", "resources", problems, default=dflt.max_failures, minimum=0))
+
+
+def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | None,
+                  generator: GeneratorSection | None, problems: _Problems) -> None:
+    """Checks that need several sections: policy levels against the batch size and source, and
+    a fixed pool large enough for an absolute synthetic count."""
+    if mixing.policy not in MIXING_POLICIES:
+        return
+    policy = MIXING_POLICIES.get(mixing.policy)
+    for i, level in enumerate(study_factors.get("synthetic", ())):
+        for msg in policy.check(level, batch_size=batch_size, source=mixing.source):
+            problems.add(f"factors.synthetic[{i}]", msg)
+    if mixing.source == "pool" and mixing.policy in ("count", "synthetic_only") and generator:
+        need = max(study_factors.get("synthetic", (0,)))
+        for name, cfg in generator.configs.items():
+            pool = cfg.get("pool_size")
+            if isinstance(pool, int) and pool < need:
+                problems.add(f"generator.config.pool_size", f"{pool} is smaller than the largest synthetic "
+                             f"count {need} (generator {name})")
+
+
+# --- entry points ----------------------------------------------------------------------------------
+
+
+def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | None = None) -> Study:
+    """Validate a parsed YAML mapping; StudyError(problems, source) lists every problem found.
+    Relative manifest paths resolve against ``base_dir`` (default: the folder of ``source`` when
+    it is a file, else the working directory)."""
+    problems = _Problems()
+    if base_dir is None:
+        base_dir = Path(source).parent if Path(source).is_file() else Path.cwd()
+    top = _mapping(raw, "", problems, TOP_KEYS)
+    if not isinstance(raw, dict):
+        raise StudyError(problems or ["the study must be a YAML mapping"], source)
+    name = top.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        problems.add("name", f"must be a name of letters, digits, '.', '_' or '-', got {name!r}")
+    seed = _int(top, "seed", "", problems, default=0, minimum=0)
+    description = top.get("description", "")
+    if not isinstance(description, str):
+        problems.add("description", "must be text")
+    dataset = _dataset(top.get("dataset"), Path(base_dir), problems)
+    split = _split(top.get("split"), problems)
+    mixing = _mixing(top.get("mixing"), problems)
+    factors = _factors(top.get("factors"), mixing, problems)
+    exclude = _exclude(top.get("exclude"), factors, mixing, problems)
+    segmenter, batch_size = _segmenter(top.get("segmenter"), factors, problems)
+    needs_generator = mixing.policy in MIXING_POLICIES and any(
+        _safe_uses(mixing, v) for v in factors.get("synthetic", ()))
+    generator = _generator(top.get("generator"), factors, needs_generator, problems)
+    statistics = _statistics(top.get("statistics"), factors, mixing, problems)
+    resources = _resources(top.get("resources"), problems)
+    _cross_checks(factors, mixing, batch_size, generator, problems)
+    problems = [p.lstrip(".") if p.startswith(".") else p for p in problems]
+    if problems:
+        raise StudyError(problems, source)
+    return Study(name=name, seed=seed, description=description.strip(), dataset=dataset, split=split,
+                 factors=factors, exclude=exclude, segmenter=segmenter, generator=generator, mixing=mixing,
+                 statistics=statistics, resources=resources, source=source, batch_size=batch_size)
+
+
+def _safe_uses(mixing: MixingSection, level: Any) -> bool:
+    try:
+        return MIXING_POLICIES.get(mixing.policy).uses_synthetic(level)
+    except ValueError:
+        return False
+
+
+def load_study(path_or_preset_name: str | Path, *, overrides: dict | None = None) -> Study:
+    """Load and validate a study from a YAML file or a shipped preset name. ``overrides`` is
+    merged into the YAML first: nested dicts merge, dotted keys ("resources.workers") set one
+    field, lists and scalars replace."""
+    import yaml
+
+    from synthmix.search_spaces.presets import preset_path
+
+    target = Path(path_or_preset_name).expanduser()
+    if not target.is_file():
+        target = preset_path(str(path_or_preset_name))  # StudyError naming the presets if unknown
+    source = str(target)
+    try:
+        raw = yaml.safe_load(target.read_text())
+    except yaml.YAMLError as err:
+        raise StudyError([f"not valid YAML: {err}"], source) from None
+    if overrides:
+        raw = merge_overrides(raw if isinstance(raw, dict) else {}, overrides)
+    return validate_study(raw, source, base_dir=target.parent)
+
+
+def merge_overrides(raw: dict, overrides: dict) -> dict:
+    """A copy of ``raw`` with ``overrides`` applied (see load_study)."""
+    out = json.loads(json.dumps(raw, default=str)) if raw else {}
+    for key, value in overrides.items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = merge_overrides(node[leaf], value)
+        else:
+            node[leaf] = value
+    return out

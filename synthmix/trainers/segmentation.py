@@ -1,0 +1,432 @@
+"""The segmentation training flow: train on a stream of batches, select by real validation Dice,
+evaluate the selected weights on the test subjects.
+
+``train_segmentation(config, data, context)`` reads top to bottom: set-up, resume, the
+iteration-based loop (validation every ``val_every`` steps, best-by-validation-Dice weights,
+003's stopping rule or a fixed budget, checkpoints), then evaluation per test subject.
+
+Reproducibility: every step's randomness (the batch drawn by the sampler, the augmentation, the
+torch global RNG used by dropout) is seeded from (seed, rank, step), so a run resumed from a
+checkpoint draws exactly what the uninterrupted run would have, and each DDP rank draws its own
+batches. The checkpoint holds the weights, Adam's moments, the AMP scaler, the best weights and
+the validation history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from synthmix.datasets.arrays import SliceSet
+from synthmix.errors import DataError, StudyError, TrainingDiverged
+from synthmix.trainers.augmentation import AUGMENTATIONS, build_augmentation
+from synthmix.trainers.checkpoint import load_checkpoint, save_checkpoint
+from synthmix.trainers.context import TrainContext
+from synthmix.trainers.losses import LOSSES, WEIGHTED_LOSSES, build_loss, class_weights_from_labels
+from synthmix.trainers.metrics import aggregate_subject_metrics, segmentation_metrics
+from synthmix.trainers.networks import NETWORKS, build_network, check_network_options
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """How one segmentation network is trained and evaluated.
+
+    The defaults are the "small budget": a 4-level UNet (16..128 filters, batch norm) trained
+    with Dice + CE for 600 steps of 16 slices, enough for a 64x64 phantom on a CPU in minutes.
+    003's protocol is ``network={levels: 3, base_filters: 64}, lr=1e-4, betas=(0.5, 0.9),
+    early_stop=(3000, 3000), lcc=True`` with a large ``max_steps``.
+
+    Attributes:
+        architecture: NETWORKS entry; ``network`` its options.
+        loss: LOSSES entry (weighted losses take class weights from the real training labels).
+        lr, betas: Adam's learning rate and moment decay rates.
+        batch_size: slices per step and per rank.
+        max_steps: hard budget of optimiser steps.
+        val_every: steps between validations on the real validation subjects.
+        early_stop: None for a fixed budget, or (min_steps, patience): 003's rule, train at least
+            min_steps and stop once patience steps passed without a new best validation Dice.
+        augmentation: AUGMENTATIONS entry; ``augmentation_params`` override its defaults.
+        lcc: keep each class's largest connected component before validation/test metrics (003).
+        checkpoint_every: steps between checkpoints; a multiple of val_every.
+        amp: mixed precision (float16 autocast) when training on CUDA; ignored on CPU.
+        seed: seeds initialisation, batch draws and augmentation.
+        eval_batch_size: slices per forward pass in validation and evaluation.
+    """
+
+    architecture: str = "unet"
+    network: dict = field(default_factory=lambda: dict(levels=4, base_filters=16, doubling=True,
+                                                       batch_norm=True))
+    loss: str = "dice_ce"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 16
+    max_steps: int = 600
+    val_every: int = 50
+    early_stop: tuple[int, int] | None = None
+    augmentation: str = "none"
+    augmentation_params: dict = field(default_factory=dict)
+    lcc: bool = False
+    checkpoint_every: int = 100
+    amp: bool = False
+    seed: int = 0
+    eval_batch_size: int = 64
+
+
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(SegmentationConfig))
+
+
+def build_segmentation_config(d: dict[str, Any], source: str = "segmentation") -> SegmentationConfig:
+    """Validate a config dict (YAML ``segmentation:`` section); every problem is reported at once,
+    each naming its field, in one StudyError."""
+    problems = [f"unknown field {k!r}; known: {', '.join(CONFIG_FIELDS)}" for k in d if k not in CONFIG_FIELDS]
+    values = {k: v for k, v in d.items() if k in CONFIG_FIELDS}
+    for key in ("betas", "early_stop"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    try:
+        config = SegmentationConfig(**values)
+    except TypeError as e:  # pragma: no cover - every field has a default
+        raise StudyError([str(e)], source) from None
+    problems += _config_problems(config)
+    if problems:
+        raise StudyError(problems, source)
+    return config
+
+
+def _config_problems(c: SegmentationConfig) -> list[str]:
+    p: list[str] = []
+    for name, registry in (("architecture", NETWORKS), ("loss", LOSSES), ("augmentation", AUGMENTATIONS)):
+        if getattr(c, name) not in registry:
+            p.append(f"{name}: unknown {registry.kind} {getattr(c, name)!r}; known: {', '.join(registry.names())}")
+    if c.architecture in NETWORKS:
+        p += check_network_options(c.architecture, c.network)
+    if c.augmentation in AUGMENTATIONS:
+        try:
+            build_augmentation(c.augmentation, c.augmentation_params)
+        except (ValueError, TypeError) as e:
+            p.append(f"augmentation_params: {e}")
+    if not (isinstance(c.lr, (int, float)) and c.lr > 0):
+        p.append(f"lr: must be a positive number, got {c.lr!r}")
+    if not (isinstance(c.betas, tuple) and len(c.betas) == 2 and all(0 <= b < 1 for b in c.betas)):
+        p.append(f"betas: must be two numbers in [0, 1), got {c.betas!r}")
+    for name in ("batch_size", "max_steps", "val_every", "checkpoint_every", "eval_batch_size"):
+        v = getattr(c, name)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            p.append(f"{name}: must be a positive integer, got {v!r}")
+    if isinstance(c.checkpoint_every, int) and isinstance(c.val_every, int) and c.val_every >= 1 \
+            and c.checkpoint_every % c.val_every:
+        p.append(f"checkpoint_every: must be a multiple of val_every ({c.val_every}), got {c.checkpoint_every}")
+    if c.early_stop is not None and not (isinstance(c.early_stop, tuple) and len(c.early_stop) == 2
+                                         and all(isinstance(v, int) and v >= 1 for v in c.early_stop)):
+        p.append(f"early_stop: must be null or [min_steps, patience] (positive integers), got {c.early_stop!r}")
+    return p
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class BatchSampler(Protocol):
+    """Where training batches come from (real slices, or a real + synthetic mixing policy)."""
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Return images (B, C, H, W) float32 and labels (B, H, W) int64, drawn with ``rng``."""
+        ...
+
+
+class RealSampler:
+    """Draws slices uniformly, with replacement, from the real training slices."""
+
+    def __init__(self, train: SliceSet):
+        if len(train) == 0:
+            raise DataError("RealSampler: the training set has no slices")
+        self.train = train
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        idx = rng.integers(0, len(self.train), size=batch_size)
+        return self.train.images[idx], self.train.labels[idx]
+
+
+@dataclass(frozen=True)
+class SegmentationData:
+    """Real train/validation/test slices, and the training stream (real slices by default)."""
+
+    train: SliceSet
+    val: SliceSet
+    test: SliceSet
+    sampler: BatchSampler | None = None
+
+
+def _check_data(data: SegmentationData) -> None:
+    ref = data.train
+    for name in ("train", "val", "test"):
+        s: SliceSet = getattr(data, name)
+        if len(s) == 0:
+            raise DataError(f"segmentation data: the {name} set has no slices")
+        if s.images.shape[1:] != ref.images.shape[1:]:
+            raise DataError(f"segmentation data: {name} slices are {s.images.shape[1:]}, "
+                            f"train slices {ref.images.shape[1:]} (channels, rows, cols)")
+        if s.num_classes != ref.num_classes:
+            raise DataError(f"segmentation data: {name} has {s.num_classes} classes, train {ref.num_classes}")
+        if s.labels.min() < 0 or s.labels.max() >= s.num_classes:
+            raise DataError(f"segmentation data: {name} labels outside [0, {s.num_classes})")
+
+
+def _check_batch(images: np.ndarray, labels: np.ndarray, batch_size: int, train: SliceSet) -> None:
+    expected = (batch_size, *train.images.shape[1:])
+    if images.shape != expected or labels.shape != (batch_size, *train.images.shape[2:]):
+        raise DataError(f"sampler returned images {images.shape} and labels {labels.shape}; "
+                        f"expected {expected} and {(batch_size, *train.images.shape[2:])}")
+    if labels.min() < 0 or labels.max() >= train.num_classes:
+        raise DataError(f"sampler returned labels outside [0, {train.num_classes})")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class SegmentationResult:
+    """metrics: test means over subjects (``dice_mean``, ``hd95_1``, ...) and ``per_subject``
+    (one dict per test subject, with its ``subject`` id). val_history: [{step, val_dice}]."""
+
+    metrics: dict
+    best_step: int
+    steps_done: int
+    val_history: list[dict]
+    timings: dict[str, float]
+
+
+@dataclass
+class _Progress:
+    """What survives a restart besides weights and optimiser state."""
+
+    step: int = 0
+    best_dice: float = -math.inf
+    best_step: int = 0
+    best_state: dict | None = None
+    val_history: list[dict] = field(default_factory=list)
+    finished: bool = False
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_segmentation(config: SegmentationConfig, data: SegmentationData,
+                       context: TrainContext) -> SegmentationResult:
+    """Train, select by validation Dice, and evaluate on the test subjects (see module docs)."""
+    _check_data(data)
+    device = context.device
+    num_classes = data.train.num_classes
+    timings = {"train_s": 0.0, "val_s": 0.0, "eval_s": 0.0}
+
+    # Set-up: the same initial weights on every rank (DDP also broadcasts rank 0's).
+    torch.manual_seed(config.seed)
+    net = build_network(config.architecture, in_channels=data.train.images.shape[1],
+                        num_classes=num_classes, options=config.network)
+    model = context.prepare_model(net.to(device))
+    net = _unwrap(model)
+    weights = (class_weights_from_labels(data.train.labels, num_classes)  # real labels only
+               if config.loss in WEIGHTED_LOSSES else None)
+    loss_fn = build_loss(config.loss, num_classes=num_classes, class_weights=weights).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    augment = build_augmentation(config.augmentation, config.augmentation_params)
+    sampler = data.sampler or RealSampler(data.train)
+    rank = context.world_rank
+
+    progress = _Progress()
+    checkpoint = context.latest_checkpoint()
+    if checkpoint is not None:
+        progress = _resume(checkpoint, model, optimizer, scaler)
+
+    # Train, iteration-based.
+    model.train()
+    losses: list[float] = []
+    checked = False
+    tick = time.perf_counter()
+    while not progress.finished:
+        step = progress.step
+        rng, aug_gen = _step_random(config.seed, rank, step)
+        images, labels = sampler.sample(config.batch_size, rng)
+        if not checked:  # the first batch of this attempt: a wrong sampler fails here, clearly
+            _check_batch(images, labels, config.batch_size, data.train)
+            checked = True
+        x = torch.as_tensor(images, dtype=torch.float32).to(device, non_blocking=True)
+        y = torch.as_tensor(labels, dtype=torch.int64).to(device, non_blocking=True)
+        x, y = augment(x, y, aug_gen)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            loss = loss_fn(model(x), y)
+        loss_value = _mean_over_ranks(loss.detach(), context)  # every rank raises, or none
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"segmentation loss is {loss_value} at step {step + 1} "
+                                   f"(architecture {config.architecture!r}, lr {config.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss_value)
+        progress.step = step + 1
+
+        if progress.step % config.val_every and progress.step < config.max_steps:
+            continue
+        timings["train_s"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        val_dice = _validate(net, data.val, config, context)
+        timings["val_s"] += time.perf_counter() - tick
+        model.train()
+        _record_validation(progress, val_dice, net)
+        progress.finished = _should_stop(progress, config)
+        _report(context, config, progress, model, optimizer, scaler, float(np.mean(losses)), val_dice)
+        losses = []
+        tick = time.perf_counter()
+
+    # Evaluate the best weights on the test subjects.
+    tick = time.perf_counter()
+    net.load_state_dict(progress.best_state)
+    aggregate, per_subject = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc,
+                                      device=device, batch_size=config.eval_batch_size)
+    timings["eval_s"] += time.perf_counter() - tick
+    return SegmentationResult(metrics={**aggregate, "per_subject": per_subject},
+                              best_step=progress.best_step, steps_done=progress.step,
+                              val_history=list(progress.val_history), timings=timings)
+
+
+def _step_random(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The step's random streams: numpy for the sampler, torch for augmentation, and the torch
+    global RNG (dropout), all from (seed, rank, step) so resuming and DDP ranks need no RNG state."""
+    rng = np.random.default_rng([seed, rank, step])
+    torch.manual_seed(int(rng.integers(2**62)))
+    aug_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return rng, aug_gen
+
+
+def _record_validation(progress: _Progress, val_dice: float, net: nn.Module) -> None:
+    progress.val_history.append({"step": progress.step, "val_dice": val_dice})
+    if val_dice > progress.best_dice:
+        progress.best_dice = val_dice
+        progress.best_step = progress.step
+        progress.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _should_stop(progress: _Progress, config: SegmentationConfig) -> bool:
+    """Fixed budget, or 003's rule: at least min_steps, and patience steps after the last best."""
+    if progress.step >= config.max_steps:
+        return True
+    if config.early_stop is None:
+        return False
+    min_steps, patience = config.early_stop
+    return progress.step >= min_steps and progress.step - progress.best_step >= patience
+
+
+def _validate(net: nn.Module, val: SliceSet, config: SegmentationConfig, context: TrainContext) -> float:
+    """Mean foreground Dice over the validation subjects (no distances: cheap). Every rank gets
+    rank 0's buffers first (batch-norm statistics), so every rank computes the same value."""
+    if _distributed(context):
+        for buffer in net.buffers():
+            dist.broadcast(buffer, src=0)
+    aggregate, _ = evaluate(net, val, num_classes=val.num_classes, lcc=config.lcc,
+                            device=context.device, batch_size=config.eval_batch_size, distances=False)
+    return aggregate["dice_mean"]
+
+
+def _report(context: TrainContext, config: SegmentationConfig, progress: _Progress, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: float,
+            val_dice: float) -> None:
+    """Report the validation metrics (every rank); rank 0 adds a checkpoint every
+    checkpoint_every steps and when training ends."""
+    metrics = {"step": progress.step, "loss": loss, "val_dice": val_dice,
+               "best_val_dice": progress.best_dice, "best_step": progress.best_step}
+    wants_checkpoint = progress.finished or progress.step % config.checkpoint_every == 0
+    if not (wants_checkpoint and context.world_rank == 0):
+        context.report(metrics)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="synthmix-seg-ckpt-"))
+    try:
+        extra = {"best_dice": progress.best_dice, "best_step": progress.best_step,
+                 "best_state": progress.best_state, "val_history": progress.val_history,
+                 "finished": progress.finished}
+        save_checkpoint(tmp, step=progress.step, models={"model": model},
+                        optimizers={"adam": optimizer, "scaler": scaler}, extra=extra)
+        context.report(metrics, checkpoint_dir=tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resume(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler) -> _Progress:
+    step, extra = load_checkpoint(checkpoint, models={"model": model},
+                                  optimizers={"adam": optimizer, "scaler": scaler})
+    return _Progress(step=step, best_dice=extra["best_dice"], best_step=extra["best_step"],
+                     best_state=extra["best_state"], val_history=list(extra["val_history"]),
+                     finished=extra["finished"])
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict_volume(net: nn.Module, images: np.ndarray, *, device: torch.device,
+                   batch_size: int) -> np.ndarray:
+    """Labels (D, H, W) for a subject's slices (D, C, H, W), predicted slice by slice."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.as_tensor(images[start:start + batch_size], dtype=torch.float32, device=device)
+        out.append(net(x).argmax(dim=1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: bool,
+             device: torch.device | str, batch_size: int = 64,
+             distances: bool = True) -> tuple[dict[str, float], list[dict]]:
+    """Metrics of ``model`` on every subject of ``sliceset``: slices predicted, reassembled into
+    the subject's volume, scored with its spacing. Returns (means over subjects, per subject)."""
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    device = torch.device(device)
+    per_subject = []
+    try:
+        for sid, images, labels, spacing in sliceset.volumes():
+            pred = predict_volume(net, images, device=device, batch_size=batch_size)
+            metrics = segmentation_metrics(pred, labels, num_classes=num_classes, spacing=spacing,
+                                           lcc=lcc, distances=distances)
+            per_subject.append({"subject": sid, **metrics})
+    finally:
+        net.train(was_training)
+    return aggregate_subject_metrics(per_subject), per_subject
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _distributed(context: TrainContext) -> bool:
+    return context.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _mean_over_ranks(value: torch.Tensor, context: TrainContext) -> float:
+    if _distributed(context):
+        value = value.float().clone()
+        dist.all_reduce(value)
+        value /= context.world_size
+    return float(value)
+
+
+__all__ = ["SegmentationConfig", "build_segmentation_config", "SegmentationData", "BatchSampler",
+           "RealSampler", "SegmentationResult", "train_segmentation", "evaluate", "predict_volume"]

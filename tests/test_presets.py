@@ -1,0 +1,75 @@
+"""Every shipped preset validates, expands to the grid its header promises, and carries the
+header; the `plan` and `spaces` commands end to end through synthmix.cli.main."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from synthmix.cli import main
+from synthmix.search_spaces import load_study
+from synthmix.search_spaces.expand import build_split_plan, expand_cells
+from synthmix.search_spaces.presets import preset_header, preset_names, preset_path
+
+# (cells, generator trainings) each preset's header promises.
+EXPECTED = {"quickstart": (12, 6), "bowles2018-table2": (144, 24), "neff2018": (18, 3),
+            "bowles-gansfer-ratios": (125, 25)}
+
+
+def test_the_required_presets_ship():
+    assert {"quickstart", "bowles2018-table2", "neff2018"} <= set(preset_names())
+    assert set(preset_names()) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_validates_expands_and_has_a_header(name):
+    header = preset_header(name)
+    assert header.startswith(f"{name}:")
+    assert re.search(r"^Command: synthmix run " + re.escape(name), header, re.M)
+    assert re.search(r"^Expected run time: .*2-CPU laptop", header, re.M)
+    study = load_study(name)
+    assert study.name == name
+    phantom = study.dataset.phantom
+    ids = [f"sub-{i:03d}" for i in range(phantom.subjects)]  # the phantom's labelled subject ids
+    plan = expand_cells(study, build_split_plan(study, ids), dataset_fingerprint="x", manifest="m.csv")
+    assert (len(plan.cells), len(plan.generator_jobs)) == EXPECTED[name]
+    cells, keys = EXPECTED[name]
+    assert f"{cells} segmentation cells and {keys} generator training" in " ".join(header.split())
+
+
+def test_spaces_list_and_show(capsys):
+    assert main(["spaces", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in EXPECTED:
+        assert re.search(rf"^{re.escape(name)} +\S", out, re.M)
+    assert main(["spaces", "show", "neff2018"]) == 0
+    text = capsys.readouterr().out
+    assert text == preset_path("neff2018").read_text() and text.startswith("# neff2018:")
+    assert main(["spaces", "show", "nope"]) != 0
+    assert "presets: " in capsys.readouterr().err
+
+
+def test_plan_command_json_and_text(capsys, tmp_path):
+    assert main(["plan", "quickstart", "--format", "json", "--data-root", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["counts"]["cells"] == 12 and data["counts"]["generator_trainings"] == 6
+    assert data["factors"] == ["real_fraction", "synthetic", "architecture", "augmentation"]
+    assert len({c["cell_id"] for c in data["cells"]}) == 12
+    assert main(["plan", "--data-root", str(tmp_path)]) == 0  # no argument: quickstart
+    text = capsys.readouterr().out
+    assert "cells: 12" in text and "generator trainings (unique keys): 6" in text and "estimated compute" in text
+
+
+def test_plan_rejects_a_bad_study_and_launches_nothing(capsys, tmp_path):
+    raw = yaml.safe_load(preset_path("quickstart").read_text())
+    raw["factors"]["real_fraction"] = [0.5, 1.5]
+    raw["factors"]["architecture"] = ["unet", "vit"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    data_root = tmp_path / "data"
+    assert main(["plan", str(bad), "--data-root", str(data_root)]) == 2
+    err = capsys.readouterr().err
+    assert "factors.real_fraction[1]: 1.5 is outside (0, 1]" in err
+    assert "factors.architecture[1]: unknown architecture 'vit'" in err
+    assert str(bad) in err and not data_root.exists()
