@@ -46,7 +46,7 @@ def test_valid_study_is_typed_and_defaults_are_filled():
     assert study.factors["synthetic"] == (0.0, 0.5, 1.0)
     assert list(study.factors) == ["real_fraction", "synthetic", "architecture", "augmentation"]
     assert study.statistics.baseline == {"synthetic": 0.0}  # the one real-only level
-    assert study.statistics.test == "ttest" and study.resources.workers == 1
+    assert study.statistics.test == "auto" and study.resources.workers == 1
     assert study.batch_size == 8
     assert study.generator.configs == {"dcgan_wgangp": {"steps": 5}}
     json.dumps(study.to_dict())  # JSON-able

@@ -12,6 +12,7 @@ finished cell or generator is never computed twice.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -147,6 +148,8 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
     say(f"study {study.name}: {len(plan.cells)} cells, {len(plan.generator_jobs)} generator(s); "
         f"{len(plan.cells) - len(configs)} already done; storage {store.root}")
     if configs:
+        # Tune's newer console output prints its own banner even at verbose=0; ours replaces it.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,

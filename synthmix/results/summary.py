@@ -9,8 +9,6 @@ from synthmix.results.analysis import AUTO, DEFAULT_METRIC, analyse
 from synthmix.results.store import read_results
 from synthmix.results.tables import render
 
-#: The study schema's statistics.test names -> STAT_TESTS names.
-STUDY_TEST_NAMES = {"ttest": "student", "paired_ttest": "paired", "corrected_ttest": "corrected"}
 
 
 def summarise_study(root: str | os.PathLike, *, metric: str = DEFAULT_METRIC,
@@ -20,9 +18,9 @@ def summarise_study(root: str | os.PathLike, *, metric: str = DEFAULT_METRIC,
                     fmt: str = "table", digits: int = 3, storage: str | None = None) -> str:
     """Render the results table of the study at ``root`` (a study folder, URI, or name under
     ``storage``). Keyword arguments mirror ``synthmix results``; pass the study's
-    ``statistics`` section as keywords (``test: ttest`` etc. are accepted, ``baseline`` may be
+    ``statistics`` section as keywords (``baseline`` may be
     ``{synthetic: 0}``) to use its choices."""
     analysis = analyse(read_results(root, storage=storage), metric=metric, rows=rows, cols=cols,
-                       baseline=baseline, where=where, test=STUDY_TEST_NAMES.get(test, test),
+                       baseline=baseline, where=where, test=test,
                        correction=correction, alpha=alpha)
     return render(analysis, fmt, digits=digits)

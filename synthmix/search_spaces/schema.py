@@ -41,8 +41,8 @@ A fully commented example (every section; defaults noted)::
       policy: additive             # additive | probability | minibatch | count | synthetic_only
       source: pool                 # pool (sampled once per generator) | on_the_fly
     statistics:
-      test: ttest                  # ttest (two-tailed, the papers') | paired_ttest | wilcoxon
-                                   # | corrected_ttest (cross-validation)
+      test: auto                   # auto | student (the papers') | welch | paired | wilcoxon
+                                   # | corrected (resampled t-test): the STAT_TESTS registry
       correction: holm             # none | holm | bh
       alpha: 0.05
       baseline: {synthetic: 0}     # default: the synthetic level that uses no synthetic data
@@ -77,7 +77,6 @@ TOP_KEYS = ("name", "seed", "description", "dataset", "split", "factors", "exclu
             "generator", "mixing", "statistics", "resources")
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator")
-STAT_TESTS = ("ttest", "paired_ttest", "wilcoxon", "corrected_ttest")
 CORRECTIONS = ("none", "holm", "bh")
 # Registries that name factor levels: (module, attribute). Imported lazily (torch is slow).
 _REGISTRIES = {
@@ -525,9 +524,16 @@ def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> Gen
     return section
 
 
+def _stat_test_names() -> tuple[str, ...]:
+    from synthmix.results import STAT_TESTS
+    from synthmix.results.analysis import AUTO
+
+    return (AUTO, *STAT_TESTS.names())
+
+
 def _statistics(raw: Any, factors: dict, mixing: MixingSection, problems: _Problems) -> StatisticsSection:
     s = _mapping(raw, "statistics", problems, ("test", "correction", "alpha", "baseline"))
-    test = _choice(s, "test", "statistics", problems, default="ttest", choices=STAT_TESTS)
+    test = _choice(s, "test", "statistics", problems, default="auto", choices=_stat_test_names())
     correction = _choice(s, "correction", "statistics", problems, default="holm", choices=CORRECTIONS)
     alpha = _num(s, "alpha", "statistics", problems, default=0.05, check=lambda x: 0 < x < 1, bounds="(0, 1)")
     if "baseline" in s:
