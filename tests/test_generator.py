@@ -38,6 +38,15 @@ def ellipse_slices(subjects: list[str], *, per_subject: int = 4, size: int = 32,
                     {s: (1.0, 1.0, 1.0) for s in subjects}, num_classes)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Two torch threads on two cores shared with other jobs run ~10x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = dict(latent_dim=16, base_filters=4, batch_size=4, n_critic=2, pool_size=8, quality_samples=8)
 
 

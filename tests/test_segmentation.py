@@ -45,6 +45,16 @@ def make_slices(subjects: list[str], seed: int, depth: int = 3) -> SliceSet:
                     num_classes=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a shared 2-core machine spinning
+    OpenMP threads make them many times slower; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data() -> SegmentationData:
     return SegmentationData(train=make_slices([f"tr{i}" for i in range(4)], 0),
@@ -52,7 +62,7 @@ def data() -> SegmentationData:
 
 
 def tiny_config(**kw) -> SegmentationConfig:
-    base = dict(network=TINY_NET, lr=3e-3, batch_size=8, max_steps=30, val_every=10,
+    base = dict(network=TINY_NET, lr=1e-2, batch_size=8, max_steps=30, val_every=10,
                 checkpoint_every=10, eval_batch_size=16, seed=0)
     return SegmentationConfig(**{**base, **kw})
 
@@ -103,31 +113,35 @@ def test_learns_and_keeps_the_best_validation_weights(data, tmp_path):
     test, per_subject = evaluate(net, data.test, num_classes=3, lcc=False, device="cpu")
     assert result.metrics["dice_mean"] == pytest.approx(test["dice_mean"])
     assert [r["subject"] for r in result.metrics["per_subject"]] == ["te0", "te1"]
-    assert result.metrics["dice_mean"] > 0.5
+    assert result.metrics["dice_1"] > 0.8  # the disk is learnt (the 4x4 square takes longer)
     for key in ("dice_mean", "hd95_mean", "iou_1", "precision_2", "recall_mean", "hd_1"):
         assert np.isfinite(result.metrics[key])
 
 
 def test_early_stop_rule_of_003(data, monkeypatch):
-    # Scripted validation Dice: new bests at steps 10, 20 and 40, then nothing better.
+    # Scripted validation Dice
+    # (validating every 5 steps): new bests at steps 5, 10 and 20, then nothing better.
     scripted = iter([0.1, 0.5, 0.4, 0.6, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1])
     monkeypatch.setattr(seg, "_validate", lambda *a, **k: next(scripted))
-    result = train_segmentation(tiny_config(max_steps=1000, early_stop=(30, 20)), data, LocalContext())
-    assert result.best_step == 40
-    assert result.steps_done == 60  # at least 30 steps, and 20 after the last best
+    config = tiny_config(max_steps=1000, val_every=5, checkpoint_every=5, early_stop=(15, 10))
+    result = train_segmentation(config, data, LocalContext())
+    assert result.best_step == 20
+    assert result.steps_done == 30  # at least 15 steps, and 10 after the last best
 
 
 def test_early_stop_waits_for_min_steps(data, monkeypatch):
     monkeypatch.setattr(seg, "_validate", lambda *a, **k: 0.5)  # best at the first validation
-    result = train_segmentation(tiny_config(max_steps=1000, early_stop=(50, 10)), data, LocalContext())
-    assert result.best_step == 10 and result.steps_done == 50
+    config = tiny_config(max_steps=1000, val_every=5, checkpoint_every=5, early_stop=(25, 5))
+    result = train_segmentation(config, data, LocalContext())
+    assert result.best_step == 5 and result.steps_done == 25
 
 
 def test_fixed_budget_without_early_stop(data, monkeypatch):
     monkeypatch.setattr(seg, "_validate", lambda *a, **k: 0.5)
-    result = train_segmentation(tiny_config(max_steps=25), data, LocalContext())
-    assert result.steps_done == 25
-    assert [h["step"] for h in result.val_history] == [10, 20, 25]
+    result = train_segmentation(tiny_config(max_steps=12, val_every=5, checkpoint_every=5), data,
+                                LocalContext())
+    assert result.steps_done == 12
+    assert [h["step"] for h in result.val_history] == [5, 10, 12]
 
 
 class NaNAtStep:
