@@ -30,7 +30,9 @@ from synthmix.trainers.segmentation import SegmentationConfig, SegmentationData,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="override max_steps")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    # One thread by default: on a shared 2-core machine two spinning OpenMP threads per process
+    # made training several times slower than one.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--architecture", default=None, help="override the network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -255,3 +255,96 @@ def test_evaluate_reassembles_volumes_per_subject(data):
         expected = segmentation_metrics(pred, labels, num_classes=3, spacing=spacing, lcc=True)
         assert {k: v for k, v in row.items() if k != "subject"} == pytest.approx(expected)
     assert aggregate["dice_mean"] == pytest.approx(np.mean([r["dice_mean"] for r in per_subject]))
+
+
+def test_evaluate_per_slice(data):
+    torch.manual_seed(0)
+    net = build_network("unet", in_channels=1, num_classes=3, options=TINY_NET)
+    aggregate, rows = evaluate(net, data.test, num_classes=3, lcc=False, device="cpu", per_slice=True)
+    assert len(rows) == len(data.test) and [r["slice"] for r in rows[:3]] == [0, 1, 2]
+    _, images, labels, spacing = next(data.test.volumes())
+    with torch.no_grad():
+        pred = net.eval()(torch.from_numpy(images[1:2])).argmax(1).numpy()
+    expected = segmentation_metrics(pred, labels[1:2], num_classes=3, spacing=spacing)
+    assert {k: v for k, v in rows[1].items() if k not in ("subject", "slice")} == pytest.approx(expected)
+
+
+def test_per_slice_metrics_in_the_result(data):
+    result = train_segmentation(tiny_config(max_steps=5, val_every=5, checkpoint_every=5, per_slice=True),
+                                data, LocalContext())
+    assert "slice_dice_mean" in result.metrics and "dice_mean" in result.metrics
+
+
+def test_invalid_config_object_fails_before_training(data):
+    with pytest.raises(StudyError, match="lr"):
+        train_segmentation(tiny_config(lr=-1.0), data, LocalContext())
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+class DDPContext:
+    """What the Ray Train context does, without Ray: a gloo process group, DDP wrapping,
+    rank 0 alone passing checkpoints."""
+
+    def __init__(self, rank, world_size):
+        self.device = torch.device("cpu")
+        self.world_rank, self.world_size = rank, world_size
+        self.reports = []
+
+    def prepare_model(self, model):
+        return torch.nn.parallel.DistributedDataParallel(model)
+
+    def report(self, metrics, checkpoint_dir=None):
+        self.reports.append((metrics["step"], checkpoint_dir is not None))
+
+    def latest_checkpoint(self):
+        return None
+
+
+class RecordingSampler(RealSampler):
+    def __init__(self, train):
+        super().__init__(train)
+        self.first = None
+
+    def sample(self, batch_size, rng):
+        images, labels = super().sample(batch_size, rng)
+        if self.first is None:
+            self.first = images.sum().item()
+        return images, labels
+
+
+def _ddp_worker(rank, world_size, init_file, out_dir):
+    import json
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size)
+    try:
+        train = make_slices([f"tr{i}" for i in range(4)], 0)
+        sampler = RecordingSampler(train)
+        data = SegmentationData(train=train, val=make_slices(["va0"], 1), test=make_slices(["te0"], 2),
+                                sampler=sampler)
+        config = tiny_config(max_steps=10, val_every=5, checkpoint_every=5,
+                             network={**TINY_NET, "batch_norm": True})
+        context = DDPContext(rank, world_size)
+        result = train_segmentation(config, data, context)
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump({"val_history": result.val_history, "best_step": result.best_step,
+                       "dice_mean": result.metrics["dice_mean"], "hd_mean": result.metrics["hd_mean"],
+                       "reports": context.reports, "first_batch": sampler.first}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_agree(tmp_path):
+    import json
+    # fork: the children inherit the imported torch/MONAI instead of importing them again (CPU only).
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
+                                          nprocs=2, start_method="fork")
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["first_batch"] != r1["first_batch"]  # each rank draws its own batches
+    for key in ("val_history", "best_step", "dice_mean", "hd_mean"):
+        assert r0[key] == r1[key], key  # validation and evaluation agree across ranks
+    assert [s for s, _ in r0["reports"]] == [s for s, _ in r1["reports"]] == [5, 10]
+    assert all(has for _, has in r0["reports"]) and not any(has for _, has in r1["reports"])

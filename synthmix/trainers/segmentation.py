@@ -65,6 +65,8 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
         amp: mixed precision (float16 autocast) when training on CUDA; ignored on CPU.
         seed: seeds initialisation, batch draws and augmentation.
         eval_batch_size: slices per forward pass in validation and evaluation.
+        per_slice: also score every test slice as its own 2D image and add the means over
+            slices as ``slice_<metric>`` (for papers that reported per-image metrics).
     """
 
     architecture: str = "unet"
@@ -84,6 +86,7 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
     amp: bool = False
     seed: int = 0
     eval_batch_size: int = 64
+    per_slice: bool = False
 
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(SegmentationConfig))
@@ -109,6 +112,9 @@ def build_segmentation_config(d: dict[str, Any], source: str = "segmentation") -
 
 def _config_problems(c: SegmentationConfig) -> list[str]:
     p: list[str] = []
+    for name in ("network", "augmentation_params"):
+        if not isinstance(getattr(c, name), dict):
+            return [f"{name}: must be a mapping of options, got {getattr(c, name)!r}"]
     for name, registry in (("architecture", NETWORKS), ("loss", LOSSES), ("augmentation", AUGMENTATIONS)):
         if getattr(c, name) not in registry:
             p.append(f"{name}: unknown {registry.kind} {getattr(c, name)!r}; known: {', '.join(registry.names())}")
@@ -227,6 +233,9 @@ class _Progress:
 def train_segmentation(config: SegmentationConfig, data: SegmentationData,
                        context: TrainContext) -> SegmentationResult:
     """Train, select by validation Dice, and evaluate on the test subjects (see module docs)."""
+    problems = _config_problems(config)
+    if problems:
+        raise StudyError(problems, "segmentation")
     _check_data(data)
     device = context.device
     num_classes = data.train.num_classes
@@ -299,6 +308,10 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
     net.load_state_dict(progress.best_state)
     aggregate, per_subject = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc,
                                       device=device, batch_size=config.eval_batch_size)
+    if config.per_slice:
+        per_slice, _ = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc,
+                                device=device, batch_size=config.eval_batch_size, per_slice=True)
+        aggregate.update({f"slice_{k}": v for k, v in per_slice.items()})
     timings["eval_s"] += time.perf_counter() - tick
     return SegmentationResult(metrics={**aggregate, "per_subject": per_subject},
                               best_step=progress.best_step, steps_done=progress.step,
@@ -390,10 +403,11 @@ def predict_volume(net: nn.Module, images: np.ndarray, *, device: torch.device,
 
 
 def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: bool,
-             device: torch.device | str, batch_size: int = 64,
-             distances: bool = True) -> tuple[dict[str, float], list[dict]]:
+             device: torch.device | str, batch_size: int = 64, distances: bool = True,
+             per_slice: bool = False) -> tuple[dict[str, float], list[dict]]:
     """Metrics of ``model`` on every subject of ``sliceset``: slices predicted, reassembled into
-    the subject's volume, scored with its spacing. Returns (means over subjects, per subject)."""
+    the subject's volume, scored with its spacing. Returns (means over subjects, per subject).
+    ``per_slice`` scores each slice as a (1, H, W) volume instead (rows carry ``slice``, the index in volume order)."""
     net = _unwrap(model)
     was_training = net.training
     net.eval()
@@ -402,9 +416,15 @@ def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: boo
     try:
         for sid, images, labels, spacing in sliceset.volumes():
             pred = predict_volume(net, images, device=device, batch_size=batch_size)
-            metrics = segmentation_metrics(pred, labels, num_classes=num_classes, spacing=spacing,
-                                           lcc=lcc, distances=distances)
-            per_subject.append({"subject": sid, **metrics})
+            if not per_slice:
+                metrics = segmentation_metrics(pred, labels, num_classes=num_classes, spacing=spacing,
+                                               lcc=lcc, distances=distances)
+                per_subject.append({"subject": sid, **metrics})
+                continue
+            for index, (p, t) in enumerate(zip(pred, labels)):  # index in volume order
+                metrics = segmentation_metrics(p[None], t[None], num_classes=num_classes,
+                                               spacing=spacing, lcc=lcc, distances=distances)
+                per_subject.append({"subject": sid, "slice": index, **metrics})
     finally:
         net.train(was_training)
     return aggregate_subject_metrics(per_subject), per_subject
