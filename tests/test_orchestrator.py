@@ -138,6 +138,11 @@ def test_diverging_cells_fail_with_their_reason_and_the_rest_go_on(tmp_path: Pat
     assert main(["status", "tiny", "--storage", str(tmp_path / "st")]) == 1
     assert "TrainingDiverged" in capsys.readouterr().out
 
+    # Resuming retries the errored cells within the machine's concurrency and ends (no
+    # deadlock); a divergence is deterministic, so they fail again with the same reason.
+    assert main(["resume", "tiny", "--storage", str(tmp_path / "st")]) == 2
+    assert capsys.readouterr().err.count("TrainingDiverged") == 4
+
 
 def test_invalid_study_is_rejected_before_ray_starts(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"

@@ -24,8 +24,10 @@ def artifact_dir(tmp_path_factory):
                     {"a": (1.0, 1.0, 1.0), "b": (1.0, 1.0, 1.0)}, 2)
     config = GeneratorConfig(steps=2, checkpoint_every=2, latent_dim=8, base_filters=4, batch_size=4, n_critic=1,
                              pool_size=4, quality_samples=4)
-    train_generator(config, data, LocalContext(checkpoint_root=root / "ckpt"), root / "gen")
-    torch.set_num_threads(before)
+    try:
+        train_generator(config, data, LocalContext(checkpoint_root=root / "ckpt"), root / "gen")
+    finally:
+        torch.set_num_threads(before)
     return root / "gen"
 
 

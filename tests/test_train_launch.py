@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
-import cloudpickle
+from ray import cloudpickle
 import numpy as np
 import pytest
 import ray
@@ -65,6 +66,9 @@ def dying_flow(args: dict, context) -> dict:
     def report_then_die(metrics, checkpoint_dir=None):
         report(metrics, checkpoint_dir)
         if checkpoint_dir is not None and not Path(args["marker"]).exists():
+            # Ray Train registers a reported checkpoint when its controller next polls the
+            # worker (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s); die only after that.
+            time.sleep(5)
             Path(args["marker"]).write_text("died")
             os._exit(1)
 

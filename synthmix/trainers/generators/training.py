@@ -44,9 +44,9 @@ class GeneratorConfig:
     ``batch_size`` is per worker."""
 
     latent_dim: int = 128
-    base_filters: int = 32
-    steps: int = 600
-    batch_size: int = 32
+    base_filters: int = 16
+    steps: int = 300
+    batch_size: int = 16
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     n_critic: int = 5
