@@ -38,7 +38,11 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _table(store) -> int:
+    """The closing table, with the study's own statistics choices."""
     from synthmix.results import summarise_study
+    from synthmix.search_spaces.schema import load_study
 
-    print(summarise_study(store.root))
+    stats = load_study(store.study_file).statistics
+    print(summarise_study(store.root, test=stats.test, correction=stats.correction, alpha=stats.alpha,
+                          baseline=stats.baseline))
     return 0

@@ -86,6 +86,11 @@ def read_results(source: str | os.PathLike, *, storage: str | None = None) -> Re
                      baseline=baseline, failed=_failed_cells(fs, _join(path, ERRORS_DIR)))
 
 
+def resolve_source(source: str | os.PathLike, storage: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path that ``read_results`` reads ``source`` from."""
+    return _resolve(os.fspath(source), storage)
+
+
 def _resolve(text: str, storage: str | None) -> tuple[pafs.FileSystem, str]:
     if "://" in text:
         return _from_uri(text)

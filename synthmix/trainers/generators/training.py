@@ -224,7 +224,8 @@ def _check_finite(step: int, **losses: float) -> None:
 def train_generator(config: GeneratorConfig, data: SliceSet, context: TrainContext,
                     out_dir: Path) -> GeneratorArtifact:
     """Train on ``data`` (the cell's labelled training subset, nothing else: rule 3) and write
-    the artifact to ``out_dir`` on rank 0. Returns the artifact (complete on rank 0)."""
+    the artifact to ``out_dir`` on rank 0. Returns the artifact; only rank 0's is known to be
+    complete (other ranks return without waiting for it)."""
     check_data(data)
     run = _Run(config, data, context)
     run.resume()
@@ -243,7 +244,8 @@ def train_generator(config: GeneratorConfig, data: SliceSet, context: TrainConte
             sums[:] = 0
     if run.rank == 0:
         _write_artifact(run, data, Path(out_dir))
-    return GeneratorArtifact(out_dir)
+        return GeneratorArtifact(out_dir)
+    return GeneratorArtifact(out_dir, check=False)  # rank 0's folder, possibly on another node
 
 
 def _generator_state(run: _Run, data: SliceSet) -> dict:

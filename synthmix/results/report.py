@@ -1,0 +1,122 @@
+"""``synthmix report``: one self-contained HTML page per study (tables, plots, generators).
+
+The page embeds everything (plots and sample grids as base64 PNGs), so it can be mailed or
+attached to a paper's supplement. Pure functions over the results table and the study folder;
+no Ray. Written with the standard library's ``html`` escaping rather than a template engine:
+the page is one short, fixed layout.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from synthmix.results.analysis import analyse
+import pyarrow.fs as pafs
+
+from synthmix.results.store import read_results, resolve_source
+from synthmix.results.tables import footer, render
+
+_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;overflow-x:auto}img{max-width:100%}
+.sig{font-weight:bold}"""
+
+_COMPARISON_COLUMNS = ["n", "mean", "std", "baseline_mean", "diff", "ci_low", "ci_high", "cohens_d",
+                       "test", "p_value", "p_adjusted", "significant"]
+
+
+def write_report(source: str, out: str | Path, *, storage: str | None = None, metric: str = "dice_mean",
+                 test: str = "auto", correction: str = "holm", alpha: float = 0.05,
+                 baseline: str | dict | None = None) -> Path:
+    """Write the HTML report of a study (name, folder or URI) to ``out``; return its path."""
+    results = read_results(source, storage=storage)
+    analysis = analyse(results, metric=metric, test=test, correction=correction, alpha=alpha, baseline=baseline)
+    fs, folder = resolve_source(source, storage)
+    sections = [f"<h1>synthmix study {html.escape(_study_name(results, source))}</h1>",
+                _summary(results), "<h2>Results</h2>", f"<pre>{html.escape(render(analysis, 'table'))}</pre>",
+                _comparisons(analysis), _plots(analysis), _generators(fs, folder), _failures(results)]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthmix report</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
+    out = Path(out)
+    out.write_text(page)
+    return out
+
+
+def _study_name(results, source: str) -> str:
+    table = results.rows
+    return str(table["study"].iloc[0]) if "study" in table and len(table) else str(source)
+
+
+def _summary(results) -> str:
+    planned = len(results.plan) if results.plan is not None else None
+    rows = len(results.rows)
+    text = f"{rows} results rows" + (f" of {planned} planned cells" if planned is not None else "")
+    return f"<p>{html.escape(text)}; factors: {html.escape(', '.join(results.factors))}</p>"
+
+
+def _comparisons(analysis) -> str:
+    records = pd.DataFrame(analysis.to_records())
+    if "baseline" in records:
+        records = records[records["baseline"] != True]  # noqa: E712 (a column of True/NaN)
+    if records.empty:
+        return ""
+    keep = [f for f in analysis.factors if f in records] + [c for c in _COMPARISON_COLUMNS if c in records]
+    notes = "".join(f"<li>{html.escape(line)}</li>" for line in footer(analysis))
+    return (f"<h3>Comparisons with the baseline</h3>{records[keep].to_html(index=False, float_format='%.4g')}"
+            f"<ul>{notes}</ul>")
+
+
+def _png(path: Path) -> str:
+    return _img(Path(path).read_bytes())
+
+
+def _img(png: bytes) -> str:
+    return f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def _plots(analysis) -> str:
+    from synthmix.results.plots import plot
+
+    images = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("line", "box"):
+            try:
+                images.append(_png(Path(plot(analysis, Path(tmp) / f"{kind}.png", kind=kind))))
+            except Exception as err:  # a plot that does not apply (e.g. no numeric x) is skipped
+                images.append(f"<p>({kind} plot not drawn: {html.escape(str(err))})</p>")
+    return "<h2>Plots</h2>" + "".join(images)
+
+
+def _generators(fs: pafs.FileSystem, folder: str) -> str:
+    """Quality figures of every trained generator, and one sample grid."""
+    selector = pafs.FileSelector(f"{folder}/artifacts/generators", allow_not_found=True)
+    keys = sorted(info.base_name for info in fs.get_file_info(selector) if info.type == pafs.FileType.Directory)
+    rows, grid = [], None
+    for key in keys:
+        base = f"{folder}/artifacts/generators/{key}"
+        if fs.get_file_info(f"{base}/quality.json").type != pafs.FileType.File:
+            continue  # not finished
+        with fs.open_input_stream(f"{base}/quality.json") as stream:
+            quality = json.loads(stream.read())
+        rows.append({"key": key, **{k: v for k, v in quality.items() if isinstance(v, (int, float))}})
+        if grid is None and fs.get_file_info(f"{base}/samples.png").type == pafs.FileType.File:
+            with fs.open_input_stream(f"{base}/samples.png") as stream:
+                grid = (key, stream.read())
+    if not rows:
+        return ""
+    sample = f"<p>Samples of generator {html.escape(grid[0])}:</p>{_img(grid[1])}" if grid else ""
+    return f"<h2>Generators</h2>{pd.DataFrame(rows).to_html(index=False, float_format='%.4g')}{sample}"
+
+
+def _failures(results) -> str:
+    failed = getattr(results, "failed", None) or []
+    if not failed:
+        return ""
+    items = "".join(f"<li>{html.escape(str(c))}</li>" for c in sorted(failed))
+    return f"<h2>Failed cells</h2><ul>{items}</ul>"
