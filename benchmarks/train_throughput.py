@@ -6,7 +6,10 @@ What it measures, in one process and one run, on the same model, batch and data:
              same loss (``build_loss``, default ``dice_ce``), the same batch size, batches drawn
              uniformly with replacement from the same training arrays;
   (b) local  synthmix's loop, ``train_segmentation`` with a ``LocalContext`` (no Ray);
-  (c) ray    ``train_segmentation`` inside ``run_on_ray_train`` on 1 Ray Train worker.
+  (c) ray    ``train_segmentation`` inside ``run_on_ray_train`` on 1 Ray Train worker;
+  (d) ray-bare  (diagnostic) the bare loop (a) inside that same Ray Train worker, before or after
+             (c), alternating by repeat: ray-bare/bare is the cost of the worker process itself,
+             ray/ray-bare the cost of synthmix's loop inside it.
 
 The data is the default phantom through the data layer (``write_phantom_dataset``, 64x64,
 4 classes; axial slices from the cache; z-score statistics from the training subjects only), so
@@ -17,7 +20,8 @@ Steps per second is ``steps / training time``, where training time is the optimi
 for (a) the timed loop, for (b) and (c) the loop's own ``result.timings["train_s"]``. Validation
 is excluded: ``val_every = max_steps``, so the single validation at the end (needed to select the
 weights) and the test evaluation are timed separately (``val_s``, ``eval_s``) and not counted.
-The first step (warm-up) is counted in every variant alike. The Ray variant's end-to-end wall
+Each process first runs 3 untimed steps of the bare loop (kernel warm-up); after that the
+first step of every variant is counted alike. The Ray variant's end-to-end wall
 time (worker group start, data load in the worker, training, validation, evaluation, final
 checkpoint) and the one-off ``ray.init`` time are printed on their own lines: they are not part
 of the throughput ratio.
@@ -34,7 +38,8 @@ Run:
     .venv/bin/python benchmarks/train_throughput.py            # 20 subjects, 60 steps, 3 repeats
     .venv/bin/python benchmarks/train_throughput.py --quick    # smoke run, well under a minute
 
-Read: the ``RESULT`` line gives ray/bare and local/bare steps-per-second ratios; the issue's
+Read: the ``RESULT`` line gives ray/bare and local/bare steps-per-second ratios (and the (d)
+diagnostics); the issue's
 target is ray/bare >= 0.9. A ratio well below 1 for local/bare means synthmix's loop itself costs
 time per step (sampling, per-step seeding, loss synchronisation); a ray/local ratio well below 1
 means the Ray worker costs it (threads, process placement, reporting).
@@ -125,20 +130,28 @@ def local_loop(config: SegmentationConfig, data: SegmentationData, checkpoint_ro
     """(b): synthmix's loop in this process."""
     tick = time.perf_counter()
     result = train_segmentation(config, data, LocalContext(checkpoint_root=checkpoint_root))
-    return {"steps": result.steps_done, **result.timings, "wall_s": time.perf_counter() - tick,
+    return {"steps": result.steps_done, **result.timings, "flow_s": time.perf_counter() - tick,
             "threads": torch.get_num_threads()}
 
 
 def ray_flow(args: dict, context) -> dict:
-    """(c), on the Ray Train worker: load the same arrays, run synthmix's loop. Wall-clock
-    timestamps (same machine as the driver) split the end-to-end time into its phases."""
+    """(c), on the Ray Train worker: load the same arrays, run synthmix's loop; also (d), the
+    bare loop in the same worker (before or after, alternating by repeat). Wall-clock timestamps
+    (same machine as the driver) split the end-to-end time into its phases."""
     entered = time.time()
     data = load_data(args)
     loaded = time.time()
-    result = train_segmentation(build_segmentation_config(args["config"]), data, context)
-    return {"steps": result.steps_done, **result.timings, "threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
-            "t_entered": entered, "t_loaded": loaded, "t_trained": time.time()}
+    config = build_segmentation_config(args["config"])
+    bare_loop(dataclasses.replace(config, max_steps=3), data, seed=config.seed)  # warm-up, as in the driver
+    worker_bare = bare_loop(config, data, seed=config.seed) if args["bare_first"] else None
+    tick = time.perf_counter()
+    result = train_segmentation(config, data, context)
+    flow_s = time.perf_counter() - tick
+    if worker_bare is None:
+        worker_bare = bare_loop(config, data, seed=config.seed)
+    return {"steps": result.steps_done, **result.timings, "flow_s": flow_s, "worker_bare": worker_bare,
+            "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+            "t_entered": entered, "t_loaded": loaded, "t_done": time.time()}
 
 
 def ray_loop(args: dict, threads: int, storage: Path, name: str) -> dict:
@@ -147,8 +160,7 @@ def ray_loop(args: dict, threads: int, storage: Path, name: str) -> dict:
                            scaling=Scaling(workers=1, cpus_per_worker=threads), max_failures=0)
     end = time.time()
     return {**out, "wall_s": end - start, "start_s": out["t_entered"] - start,
-            "load_s": out["t_loaded"] - out["t_entered"], "flow_s": out["t_trained"] - out["t_loaded"],
-            "finish_s": end - out["t_trained"]}
+            "load_s": out["t_loaded"] - out["t_entered"], "finish_s": end - out["t_done"]}
 
 
 # --- reporting -------------------------------------------------------------------------------------
@@ -162,29 +174,39 @@ def median(runs: list[dict], key) -> float:
     return statistics.median(key(r) for r in runs)
 
 
+def outside_timings(r: dict) -> float:
+    """Time train_segmentation spent outside its train/val/eval timings (set-up, reports)."""
+    return r["flow_s"] - r["train_s"] - r["val_s"] - r["eval_s"]
+
+
 def report(runs: dict[str, list[dict]], ray_init_s: float) -> None:
+    runs = {**runs, "ray-bare": [r["worker_bare"] for r in runs["ray"]]}
     print()
     print(f"{'variant':8s} {'threads':>7s} {'steps/s (median)':>17s}   per repeat")
     for name, rs in runs.items():
         per = " ".join(f"{steps_per_s(r):.3f}" for r in rs)
         print(f"{name:8s} {rs[0]['threads']:7d} {median(rs, steps_per_s):17.3f}   {per}")
     ray_runs = runs["ray"]
+    print(f"(ray-bare: the bare loop (a) run inside the same Ray Train worker, a diagnostic: "
+          f"ray-bare/bare isolates the worker process, ray/ray-bare synthmix's loop inside it)")
     print(f"ray worker OMP_NUM_THREADS={ray_runs[0]['omp_num_threads']}, torch threads {ray_runs[0]['threads']}")
     for name in ("local", "ray"):
         rs = runs[name]
-        print(f"{name}: median train_s {median(rs, lambda r: r['train_s']):.2f} s, val_s "
-              f"{median(rs, lambda r: r['val_s']):.2f} s, eval_s {median(rs, lambda r: r['eval_s']):.2f} s "
-              f"(validation and evaluation excluded from steps/s), wall {median(rs, lambda r: r['wall_s']):.2f} s")
+        print(f"{name}: median train_s {median(rs, lambda r: r['train_s']):.2f} s; not in steps/s: val_s "
+              f"{median(rs, lambda r: r['val_s']):.2f} s, eval_s {median(rs, lambda r: r['eval_s']):.2f} s, "
+              f"set-up and reports {median(rs, outside_timings):.2f} s")
     phases = ", ".join(f"{label} {median(ray_runs, lambda r: r[key]):.2f} s" for label, key in (
-        ("worker group start", "start_s"), ("data load", "load_s"), ("train + val + eval", "flow_s"),
+        ("worker group start", "start_s"), ("data load", "load_s"), ("train_segmentation", "flow_s"),
         ("result checkpoint + shutdown", "finish_s")))
-    print(f"ray end-to-end wall per run_on_ray_train (median, not in the ratio): "
-          f"{median(ray_runs, lambda r: r['wall_s']):.2f} s = {phases}; ray.init once: {ray_init_s:.2f} s")
+    print(f"ray end-to-end wall per run_on_ray_train (median, not in the ratio; includes the ray-bare loop): "
+          f"{median(ray_runs, lambda r: r['wall_s']):.2f} s; phases: {phases}; ray.init once: {ray_init_s:.2f} s")
     bare = median(runs["bare"], steps_per_s)
     local = median(runs["local"], steps_per_s)
     ray_sps = median(ray_runs, steps_per_s)
+    ray_bare = median(runs["ray-bare"], steps_per_s)
     print(f"RESULT steps/s ratio ray/bare (c)/(a) = {ray_sps / bare:.3f} (target >= 0.9); "
-          f"local/bare (b)/(a) = {local / bare:.3f}; ray/local (c)/(b) = {ray_sps / local:.3f}")
+          f"local/bare (b)/(a) = {local / bare:.3f}; ray/local (c)/(b) = {ray_sps / local:.3f}; "
+          f"diagnostic: ray-bare/bare = {ray_bare / bare:.3f}, ray/ray-bare = {ray_sps / ray_bare:.3f}")
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -227,7 +249,7 @@ def main() -> None:
             variants = {
                 "bare": lambda r: bare_loop(config, data, seed=config.seed),
                 "local": lambda r: local_loop(config, data, root / f"ckpt-{r}"),
-                "ray": lambda r: ray_loop({**dataset, "config": config_dict}, args.threads,
+                "ray": lambda r: ray_loop({**dataset, "config": config_dict, "bare_first": r % 2 == 0}, args.threads,
                                           root / "ray", f"throughput-{r}"),
             }
             order = list(variants)

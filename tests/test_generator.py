@@ -279,3 +279,52 @@ def test_binary_label_generator_trains_and_samples(tmp_path):
     _, labels = artifact.sample(6, seed=0)
     assert set(np.unique(labels).tolist()) <= {0, 1}
     assert artifact.load_generator().generator.upsample[-2].out_channels == 2  # image + one label channel
+
+
+# ---- two workers (DDP over gloo, CPU) -----------------------------------------------------------
+
+class _DDPContext:
+    """What the Ray Train context does for a trainer, without Ray: DDP models, per-rank reports."""
+
+    def __init__(self, rank: int, world: int):
+        self.device, self.world_rank, self.world_size = torch.device("cpu"), rank, world
+        self.reports: list[tuple[int, bool]] = []
+
+    def prepare_model(self, model):
+        return torch.nn.parallel.DistributedDataParallel(model)
+
+    def report(self, metrics, checkpoint_dir=None):
+        self.reports.append((metrics["step"], checkpoint_dir is not None))
+
+    def latest_checkpoint(self):
+        return None
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        context = _DDPContext(rank, world)
+        train_generator(GeneratorConfig(steps=4, checkpoint_every=2, **TINY), ellipse_slices(["a", "b"]),
+                        context, Path(root) / "artifact")
+        Path(root, f"rank{rank}.json").write_text(json.dumps(context.reports))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_workers_report_at_the_same_steps_and_rank0_writes_the_artifact(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0 == [[2, True], [4, True]] and rank1 == [[2, False], [4, False]]
+    assert is_complete(tmp_path / "artifact")
