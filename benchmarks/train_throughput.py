@@ -20,11 +20,11 @@ Steps per second is ``steps / training time``, where training time is the optimi
 for (a) the timed loop, for (b) and (c) the loop's own ``result.timings["train_s"]``. Validation
 is excluded: ``val_every = max_steps``, so the single validation at the end (needed to select the
 weights) and the test evaluation are timed separately (``val_s``, ``eval_s``) and not counted.
-Each process first runs 3 untimed steps of the bare loop (kernel warm-up); after that the
-first step of every variant is counted alike. The Ray variant's end-to-end wall
-time (worker group start, data load in the worker, training, validation, evaluation, final
-checkpoint) and the one-off ``ray.init`` time are printed on their own lines: they are not part
-of the throughput ratio.
+Each process first runs 3 untimed steps of the bare loop (kernel warm-up); after that the first
+step of every variant is counted alike. The Ray variant's end-to-end wall time (worker group
+start, data load in the worker, training, validation, evaluation, final result checkpoint) and
+the one-off ``ray.init`` time are printed on their own lines: they are not part of the
+throughput ratio.
 
 Threads: a Ray worker runs with ``OMP_NUM_THREADS`` = its CPUs, so the worker asks for
 ``--threads`` CPUs and this process calls ``torch.set_num_threads(--threads)`` for (a) and (b);
@@ -36,13 +36,14 @@ the medians over repeats.
 Run:
 
     .venv/bin/python benchmarks/train_throughput.py            # 20 subjects, 60 steps, 3 repeats
-    .venv/bin/python benchmarks/train_throughput.py --quick    # smoke run, well under a minute
+    .venv/bin/python benchmarks/train_throughput.py --quick    # smoke run, about a minute
 
-Read: the ``RESULT`` line gives ray/bare and local/bare steps-per-second ratios (and the (d)
-diagnostics); the issue's
-target is ray/bare >= 0.9. A ratio well below 1 for local/bare means synthmix's loop itself costs
-time per step (sampling, per-step seeding, loss synchronisation); a ray/local ratio well below 1
-means the Ray worker costs it (threads, process placement, reporting).
+Read: the ``RESULT`` line gives ray/bare and local/bare steps-per-second ratios and the (d)
+diagnostics; the issue's target is ray/bare >= 0.9. A local/bare ratio well below 1 means
+synthmix's loop itself costs time per step (sampling, per-step seeding, loss synchronisation);
+ray-bare/bare well below 1 means the Ray worker process does (threads, placement, contention
+with Ray's own processes). Per-repeat values are printed too: on a loaded machine single
+repeats differ by tens of percent, so trust a ratio only when the repeats agree.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def test_latex_and_summarise_study(study: Path, capsys) -> None:
     text = summarise_study(study, test="paired")
     assert "paired two-tailed t-test" in text and "missing results" in text
     # The study schema's statistics section, passed through as keywords.
-    text = summarise_study(study, test="ttest", correction="none", alpha=0.05, baseline={"synthetic": 0})
+    text = summarise_study(study, test="student", correction="none", alpha=0.05, baseline={"synthetic": 0})
     assert "unpaired two-tailed Student t-test" in text and "correction: none" in text
 
 
