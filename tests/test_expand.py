@@ -4,7 +4,6 @@ where it is not), stable readable cell ids, seeds, the plan JSON, phantom resolu
 import copy
 import itertools
 import json
-import math
 
 import pytest
 

@@ -1,7 +1,6 @@
 """Metrics against brute-force numpy: counts for Dice/IoU/precision/recall, pairwise surface
 distances for Hausdorff/HD95 (anisotropic spacing included), and the empty-mask rules."""
 
-import itertools
 
 import numpy as np
 import pytest

@@ -9,17 +9,6 @@ from synthmix.datasets.arrays import SliceSet
 from synthmix.trainers import quality
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Two torch threads on two cores shared with other jobs run ~10x slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def discs(n: int, *, size: int = 32, seed: int = 0, radius: tuple[float, float] = (0.2, 0.35),
           noise: float = 0.0) -> np.ndarray:
     """(n, 1, size, size) bright discs of random radius on a dark background, plus noise."""

@@ -45,16 +45,6 @@ def make_slices(subjects: list[str], seed: int, depth: int = 3) -> SliceSet:
                     num_classes=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared 2-core machine spinning
-    OpenMP threads make them many times slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> SegmentationData:
     return SegmentationData(train=make_slices([f"tr{i}" for i in range(4)], 0),

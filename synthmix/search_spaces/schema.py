@@ -462,7 +462,7 @@ def _segmenter(raw: Any, factors: dict, problems: _Problems) -> tuple[dict, int 
     if "seed" in s:  # rule 5: a cell's seed derives from the study seed and its coordinates
         problems.add("segmenter.seed", "set the study's seed instead; each cell derives its own")
         s.pop("seed")
-    networks = _mapping(s.get("networks"), "segmenter.networks", problems, factors.get("architecture"))
+    _mapping(s.get("networks"), "segmenter.networks", problems, factors.get("architecture"))  # validates its keys
     if "networks" in s and "network" in s:
         problems.add("segmenter.networks", "give network (one architecture) or networks (per architecture)")
     batch_size = s.get("batch_size")
@@ -583,7 +583,7 @@ def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | 
         for name, cfg in generator.configs.items():
             pool = cfg.get("pool_size")
             if isinstance(pool, int) and pool < need:
-                problems.add(f"generator.config.pool_size", f"{pool} is smaller than the largest synthetic "
+                problems.add("generator.config.pool_size", f"{pool} is smaller than the largest synthetic "
                              f"count {need} (generator {name})")
 
 
