@@ -30,8 +30,8 @@ Threads: a Ray worker runs with ``OMP_NUM_THREADS`` = its CPUs, so the worker as
 ``--threads`` CPUs and this process calls ``torch.set_num_threads(--threads)`` for (a) and (b);
 the thread count each variant actually had is printed.
 
-The machine is shared: each repeat runs (a), (b), (c) in a rotated order, and the ratios are of
-the medians over repeats.
+The machine is shared: each repeat runs (a), (b), (c) in a rotated order; the RESULT ratios are
+of the medians over repeats, and the medians of the per-repeat (paired) ratios are printed too.
 
 Run:
 
@@ -188,8 +188,8 @@ def report(runs: dict[str, list[dict]], ray_init_s: float) -> None:
         per = " ".join(f"{steps_per_s(r):.3f}" for r in rs)
         print(f"{name:8s} {rs[0]['threads']:7d} {median(rs, steps_per_s):17.3f}   {per}")
     ray_runs = runs["ray"]
-    print(f"(ray-bare: the bare loop (a) run inside the same Ray Train worker, a diagnostic: "
-          f"ray-bare/bare isolates the worker process, ray/ray-bare synthmix's loop inside it)")
+    print("(ray-bare: the bare loop (a) run inside the same Ray Train worker, a diagnostic: "
+          "ray-bare/bare isolates the worker process, ray/ray-bare synthmix's loop inside it)")
     print(f"ray worker OMP_NUM_THREADS={ray_runs[0]['omp_num_threads']}, torch threads {ray_runs[0]['threads']}")
     for name in ("local", "ray"):
         rs = runs[name]
@@ -205,9 +205,16 @@ def report(runs: dict[str, list[dict]], ray_init_s: float) -> None:
     local = median(runs["local"], steps_per_s)
     ray_sps = median(ray_runs, steps_per_s)
     ray_bare = median(runs["ray-bare"], steps_per_s)
+    def paired(num: str, den: str) -> str:  # per-repeat ratios cancel load that drifts between repeats
+        values = [steps_per_s(n) / steps_per_s(d) for n, d in zip(runs[num], runs[den])]
+        return f"{num}/{den} {statistics.median(values):.3f} ({' '.join(f'{v:.2f}' for v in values)})"
+
+    print("paired per-repeat ratios, median (per repeat): " + "; ".join(
+        paired(n, d) for n, d in (("ray", "bare"), ("local", "bare"), ("ray", "ray-bare"))))
     print(f"RESULT steps/s ratio ray/bare (c)/(a) = {ray_sps / bare:.3f} (target >= 0.9); "
           f"local/bare (b)/(a) = {local / bare:.3f}; ray/local (c)/(b) = {ray_sps / local:.3f}; "
-          f"diagnostic: ray-bare/bare = {ray_bare / bare:.3f}, ray/ray-bare = {ray_sps / ray_bare:.3f}")
+          f"diagnostic: ray-bare/bare = {ray_bare / bare:.3f}, ray/ray-bare = {ray_sps / ray_bare:.3f} "
+          f"(ratios of medians)")
 
 
 # --- main ------------------------------------------------------------------------------------------

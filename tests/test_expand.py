@@ -137,7 +137,9 @@ def test_plan_json_has_what_the_aggregator_reads():
             "generator_key", "seed"} <= set(row)
     assert all(job["cells"] == 8 for job in data["generator_jobs"])
     e = plan.estimate
-    assert e["total_cpu_seconds"] == pytest.approx(e["segmenter_cpu_seconds"] + e["generator_cpu_seconds"], abs=0.2)
+    assert e["total_cpu_seconds"] == pytest.approx(
+        e["segmenter_cpu_seconds"] + e["generator_cpu_seconds"] + e["ray_start_seconds"], abs=0.2)
+    assert e["ray_start_seconds"] == pytest.approx((72 + 6) * 15.0)
     assert e["per_trial"]["cpus"] == 1 and "estimate" in e["model"]
     text = plan.render()
     assert "cells: 72" in text and "generator trainings (unique keys): 6" in text and "estimated" in text

@@ -52,9 +52,19 @@ TINY = dict(latent_dim=16, base_filters=4, batch_size=4, n_critic=2, pool_size=8
 
 # ---- config ------------------------------------------------------------------------------------
 
-def test_config_defaults_are_003_wgan_gp():
+def test_config_defaults_keep_003_loss_and_paper_settings_are_003():
     c = GeneratorConfig()
-    assert (c.lr, c.betas, c.n_critic, c.gp_lambda, c.amp) == (1e-4, (0.5, 0.9), 5, 10.0, False)
+    assert (c.betas, c.gp_lambda, c.amp, c.upsampling, c.skip_empty) == ((0.5, 0.9), 10.0, False, "resize", False)
+    assert (c.lr, c.n_critic) == (1e-3, 2)  # the CPU budget (see GeneratorConfig's docstring)
+    paper = build_generator_config(dict(training.PAPER_SETTINGS))
+    assert (paper.lr, paper.betas, paper.n_critic, paper.gp_lambda, paper.steps) == (1e-4, (0.5, 0.9), 5, 10.0, 10000)
+
+
+def test_config_rejects_unknown_upsampling_and_non_bool_skip_empty():
+    with pytest.raises(StudyError, match="upsampling.*bilinear"):
+        build_generator_config({"upsampling": "bilinear"})
+    with pytest.raises(StudyError, match="skip_empty"):
+        build_generator_config({"skip_empty": "yes"})
 
 
 def test_build_config_rejects_unknown_keys_by_name():
@@ -73,14 +83,47 @@ def test_registry_entry():
 
 # ---- networks ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("upsampling", ["resize", "transpose"])
 @pytest.mark.parametrize("size", [32, 64, 128])
-def test_generator_and_critic_shapes(size):
-    g = dcgan.Generator(latent_dim=8, out_channels=5, size=size, base_filters=4)
+def test_generator_and_critic_shapes(size, upsampling):
+    g = dcgan.Generator(latent_dim=8, out_channels=5, size=size, base_filters=4, upsampling=upsampling)
     c = dcgan.Critic(in_channels=5, size=size, base_filters=4)
     x = g(torch.randn(3, 8))
     assert x.shape == (3, 5, size, size)
     assert x.abs().max() <= 1
     assert c(x).shape == (3,)
+    transposed = any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    assert transposed == (upsampling == "transpose")
+
+
+def test_he_init_uses_the_true_fan_in_of_each_layer():
+    torch.manual_seed(0)
+    # Conv2d: fan-in = in * k * k. ConvTranspose2d (4x4, stride 2): each output pixel sums
+    # in * 4 * 4 / 2^2 products; torch's own fan computation would use the out channels.
+    for module, fan_in in [(torch.nn.Conv2d(32, 64, 3), 32 * 9),
+                           (torch.nn.ConvTranspose2d(256, 8, 4, stride=2, padding=1), 256 * 4)]:
+        dcgan._he_init(module)
+        assert module.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+        assert module.bias.abs().max() == 0
+    # The transposed conv's output variance is then ~2 x its input's second moment, as for a conv.
+    up = torch.nn.ConvTranspose2d(256, 8, 4, stride=2, padding=1)
+    dcgan._he_init(up)
+    x = torch.randn(64, 256, 8, 8)
+    assert up(x)[:, :, 1:-1, 1:-1].var().item() == pytest.approx(2.0, rel=0.1)
+
+
+def test_different_latents_give_different_samples_in_eval_mode():
+    """Identical samples for different z was the symptom of the untrained-looking generator:
+    the latent must reach the output through the eval-mode (running-statistics) batch norm."""
+    gen = dcgan.build_generator(latent_dim=16, image_channels=1, num_classes=3, size=32, base_filters=8, seed=0)
+    gen.train()
+    with torch.no_grad():
+        for _ in range(20):  # settle the running statistics, as training does
+            gen(torch.randn(16, 16))
+    sampler = dcgan.JointSampler(gen, image_channels=1, num_classes=3, intensity=dcgan.IntensityMap([0.0], [1.0]))
+    images, _ = sampler.sample(16, seed=0)
+    between = images.std(axis=0).mean()  # spread across latent vectors, per pixel
+    assert between > 0.25 * images.std()
 
 
 def test_256_builds_and_other_sizes_are_refused():
@@ -129,11 +172,26 @@ def test_binary_label_thresholds_at_zero():
 
 
 def test_intensity_map_round_trip_for_z_scored_images():
-    images = np.random.default_rng(0).normal(0, 2, (5, 2, 4, 4)).astype(np.float32)
+    images = np.random.default_rng(0).normal(0, 2, (50, 2, 8, 8)).astype(np.float32)
     m = dcgan.IntensityMap.fit(images)
+    np.testing.assert_allclose(m.low, np.percentile(images, 0.5, axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(m.high, np.percentile(images, 99.5, axis=(0, 2, 3)), rtol=1e-6)
     t = m.to_tanh(torch.from_numpy(images))
     assert t.min() >= -1 - 1e-6 and t.max() <= 1 + 1e-6
-    torch.testing.assert_close(m.from_tanh(t), torch.from_numpy(images), atol=1e-5, rtol=0)
+    low, high = np.array(m.low)[None, :, None, None], np.array(m.high)[None, :, None, None]
+    inside = (images >= low) & (images <= high)
+    assert inside.mean() > 0.98
+    back = m.from_tanh(t).numpy()
+    np.testing.assert_allclose(back[inside], images[inside], atol=1e-5)
+    np.testing.assert_allclose(back, np.clip(images, low, high), atol=1e-5)  # outliers are clipped
+
+
+def test_intensity_map_is_not_squeezed_by_a_few_outliers():
+    """z-scored phantom slices reach ~8 in a handful of voxels; the bulk must still span [-1, 1]."""
+    images = np.random.default_rng(0).uniform(-1, 2, (20, 1, 16, 16)).astype(np.float32)
+    images[0, 0, 0, :3] = 8.0
+    t = dcgan.IntensityMap.fit(images).to_tanh(torch.from_numpy(images))
+    assert torch.quantile(t, 0.9) > 0.7
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])
@@ -220,6 +278,38 @@ def test_rule3_batches_come_only_from_the_given_subset(tmp_path, monkeypatch):
             assert not (held_out_rows == row).all(dim=1).any()
     assert artifact.training_subjects == ["t1", "t2"]
     assert artifact.quality["n_real"] == len(subset)
+
+
+def test_skip_empty_draws_only_slices_with_foreground(tmp_path, monkeypatch):
+    data = ellipse_slices(["a", "b"], seed=3)
+    empty = SliceSet(np.full_like(data.images[:3], -0.8), np.zeros_like(data.labels[:3]), np.array(["a"] * 3),
+                     np.arange(4, 7), data.spacing, 3)
+    mixed = SliceSet(np.concatenate([data.images, empty.images]), np.concatenate([data.labels, empty.labels]),
+                     np.concatenate([data.subject_ids, empty.subject_ids]),
+                     np.concatenate([data.positions, empty.positions]), data.spacing, 3)
+    drawn = []
+    real_draw = training.draw_real_batch
+    monkeypatch.setattr(training, "draw_real_batch",
+                        lambda joint, *a: drawn.append(joint) or real_draw(joint, *a))
+    config = GeneratorConfig(steps=1, checkpoint_every=1, skip_empty=True, **TINY)
+    train_generator(config, mixed, LocalContext(checkpoint_root=tmp_path / "c"), tmp_path / "artifact")
+    assert len(drawn[0]) == len(data)  # the three all-background slices are not in the pool of rows
+    images, labels = training.training_rows(mixed, skip_empty=False)
+    assert len(images) == len(labels) == len(mixed)
+    with pytest.raises(DataError, match="skip_empty"):
+        train_generator(config, empty, LocalContext(checkpoint_root=tmp_path / "c2"), tmp_path / "x")
+
+
+def test_short_default_run_learns_the_ellipses(tmp_path):
+    """The default optimiser settings, a small network and 100 generator steps already move the
+    samples well away from the untrained generator towards the training data (both by the
+    joint image+label SWD against the training slices): the regression this guards against is a
+    generator whose samples stay untrained-looking noise after a CPU-sized budget."""
+    data = ellipse_slices([f"s{i}" for i in range(8)], seed=4)
+    config = GeneratorConfig(steps=100, checkpoint_every=100, latent_dim=32, base_filters=16, pool_size=8,
+                             quality_samples=32)
+    q = train_generator(config, data, LocalContext(checkpoint_root=tmp_path / "c"), tmp_path / "a").quality
+    assert q["swd"] < 0.5 * q["swd_untrained"], q  # measured: 43 vs 172; 003 lr/n_critic: 132
 
 
 class _DiesAfter(LocalContext):

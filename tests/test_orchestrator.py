@@ -141,7 +141,10 @@ def test_diverging_cells_fail_with_their_reason_and_the_rest_go_on(tmp_path: Pat
     # Resuming retries the errored cells within the machine's concurrency and ends (no
     # deadlock); a divergence is deterministic, so they fail again with the same reason.
     assert main(["resume", "tiny", "--storage", str(tmp_path / "st")]) == 2
-    assert capsys.readouterr().err.count("TrainingDiverged") == 4
+    summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  rf")]
+    assert len(summary) == 4 and all("TrainingDiverged" in line for line in summary)
+    error = json.loads(next((tmp_path / "st" / "tiny" / "errors").glob("*.json")).read_text())
+    assert "Traceback" in error["traceback"] and "TrainingDiverged" in error["traceback"]
 
 
 def test_invalid_study_is_rejected_before_ray_starts(tmp_path: Path, capsys) -> None:

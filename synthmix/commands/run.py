@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="storage root (default: $SYNTHMIX_STORAGE or ./runs)")
+    p.add_argument("--storage", help="storage root: a folder or a URI such as s3://bucket/prefix "
+                   "(default: $SYNTHMIX_STORAGE or ./runs)")
     p.add_argument("--address", help="join a running Ray cluster ('auto'); default: start a local Ray")
 
 
@@ -42,7 +43,8 @@ def _table(store) -> int:
     from synthmix.results import summarise_study
     from synthmix.search_spaces.schema import load_study
 
-    stats = load_study(store.study_file).statistics
-    print(summarise_study(store.root, test=stats.test, correction=stats.correction, alpha=stats.alpha,
+    with store.local_copy(store.study_file) as study_file:  # the study may live in object storage
+        stats = load_study(study_file).statistics
+    print(summarise_study(str(store.root), test=stats.test, correction=stats.correction, alpha=stats.alpha,
                           baseline=stats.baseline))
     return 0

@@ -8,7 +8,8 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="cells done, failed and pending; generators trained")
     p.add_argument("name", help="the study's name under the storage root")
-    p.add_argument("--storage", help="storage root (default: $SYNTHMIX_STORAGE or ./runs)")
+    p.add_argument("--storage", help="storage root: a folder or a URI such as s3://bucket/prefix "
+                   "(default: $SYNTHMIX_STORAGE or ./runs)")
     p.set_defaults(handler=_status)
 
 

@@ -6,12 +6,15 @@ Reads top to bottom: ``run_cell`` is the Tune function trainable; ``generator_fl
 their data themselves from the study's preprocessed cache (memory-mapped), so no arrays travel
 through the object store. The trial reserves no CPU: while it waits for another trial's
 generator it holds nothing a training could use.
+
+Paths that must be local (data, cache, generator copies) are worked out on the worker from the
+store's root (``StudyStore.at``), since with remote storage each node keeps its own.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -24,37 +27,57 @@ from synthmix.orchestrator.train_launch import Scaling, run_on_ray_train
 # --- worker flows (run on every Ray Train worker) ---------------------------------------------
 
 
+def _local_manifest(args: dict, store: StudyStore) -> str:
+    """The dataset's manifest on this node. A phantom is (re)built under this node's data
+    folder when missing: it is deterministic from its parameters, and with remote storage the
+    driver's copy is on another machine. A user's manifest must be on a path every node sees."""
+    if args.get("phantom") is None:
+        return args["manifest"]
+    from synthmix.search_spaces.expand import resolve_dataset
+    from synthmix.search_spaces.schema import DatasetSpec, PhantomSpec
+
+    dataset = DatasetSpec(phantom=PhantomSpec(**args["phantom"]), manifest=None, preprocess={})
+    return str(resolve_dataset(SimpleNamespace(dataset=dataset), store.data_dir))  # reads .dataset only
+
+
 def _training_slices(args: dict):
     """The cell's real training subset, normalised with statistics from it alone (rule 4)."""
     from synthmix.datasets.cache import build_cache
     from synthmix.datasets.loader import fit_normaliser, load_slices
     from synthmix.datasets.preprocess import build_preprocess_config
 
+    store = StudyStore.at(args["root"])
     preprocess = build_preprocess_config(args["preprocess"])
-    entry = build_cache(args["manifest"], preprocess, args["cache_root"])
+    entry = build_cache(_local_manifest(args, store), preprocess, store.cache_dir)
     normaliser = fit_normaliser(entry, args["train"], preprocess)
     train = load_slices(entry, args["train"], normaliser=normaliser, training=True, preprocess=preprocess)
     return entry, preprocess, normaliser, train
 
 
 def generator_flow(args: dict, context) -> dict:
-    """Train the generator of one key on exactly its training subset (rule 3)."""
+    """Train the generator of one key on exactly its training subset (rule 3), on this node's
+    disk; rank 0 then publishes it to the store (an upload when the store is remote)."""
     from synthmix.trainers.generators import GENERATORS
 
     _, _, _, train = _training_slices(args)
     family = GENERATORS.get(args["name"])
     config = family.config({**args["config"], "seed": args["seed"]})
-    artifact = family.train(config, train, context, Path(args["out_dir"]))
-    return {"quality": artifact.quality if context.world_rank == 0 else {}}
+    store = StudyStore.at(args["root"])
+    out_dir = store.generator_workdir(args["key"])
+    artifact = family.train(config, train, context, out_dir)
+    if context.world_rank != 0:
+        return {"quality": {}}
+    store.publish_generator(args["key"], out_dir)  # before the final report: see ensure_generator
+    return {"quality": artifact.quality}
 
 
 def _synthetic_source(args: dict, device):
     """A fixed pool, or a generator sampled on the fly (one loaded network, seeded per draw)."""
     from synthmix.trainers.generators.artifact import GeneratorArtifact
 
-    if args["generator_dir"] is None:
+    if args["generator_key"] is None:
         return None, 0
-    artifact = GeneratorArtifact(args["generator_dir"])
+    artifact = GeneratorArtifact(StudyStore.at(args["root"]).local_generator(args["generator_key"]))
     if args["mixing"]["source"] == "pool":
         pool = artifact.pool()
         return pool, len(pool)
@@ -92,7 +115,7 @@ def run_cell(config: dict) -> None:
     """Ray Tune function trainable for one cell; ``config`` is built by ``study_run``."""
     from ray import tune
 
-    store = StudyStore(Path(config["root"]))
+    store = StudyStore.at(config["root"])
     cell = config["cell"]
     try:
         row = _run(store, cell, config)
@@ -108,29 +131,27 @@ def _run(store: StudyStore, cell: dict, config: dict) -> dict:
     if store.row_file(cell["cell_id"]).exists():  # finished by an earlier attempt
         return {}
     scaling = Scaling(**config["scaling"])
-    storage_path = str(store.ray_dir / "train")
+    storage_path = store.ray_storage("train")
     split, job = config["split"], config.get("generator_job")
-    common = {"manifest": config["manifest"], "cache_root": str(store.cache_dir),
+    common = {"root": str(store.root), "manifest": config["manifest"], "phantom": config.get("phantom"),
               "preprocess": config["preprocess"], "train": split["train"]}
 
-    gen_timing, quality, generator_dir = {"train_s": 0.0, "wait_s": 0.0}, {}, None
+    gen_timing, quality = {"train_s": 0.0, "wait_s": 0.0}, {}
     if job is not None:
-        generator_dir = store.generator_dir(job["key"])
+        key = job["key"]
         gen_args = {**common, "train": job["subjects"], "name": job["name"], "config": job["config"],
-                    "seed": job["seed"], "out_dir": str(generator_dir)}
-        from synthmix.trainers.generators.artifact import GeneratorArtifact, is_complete
-
+                    "seed": job["seed"], "key": key}
         gen_timing = ensure_generator(
-            job["key"], artifact_dir=generator_dir, is_complete=is_complete, study_name=store.name,
-            owner=cell["cell_id"],
-            train=lambda: run_on_ray_train(generator_flow, gen_args, name=f"generator-{job['key']}",
+            key, artifact_dir=store.generator_dir(key), is_complete=lambda _: store.generator_complete(key),
+            study_name=store.name, owner=cell["cell_id"],
+            train=lambda: run_on_ray_train(generator_flow, gen_args, name=f"generator-{key}",
                                            storage_path=storage_path, scaling=scaling,
                                            max_failures=config["max_failures"]))
-        quality = GeneratorArtifact(generator_dir).quality
+        quality = store.generator_quality(key)
 
     seg_args = {**common, "val": split["val"], "test": split["test"], "segmenter": config["segmenter"],
                 "mixing": config["mixing"], "level": cell["synthetic"],
-                "generator_dir": str(generator_dir) if generator_dir else None}
+                "generator_key": job["key"] if job else None}
     seg_start = time.monotonic()
     seg = run_on_ray_train(segmentation_flow, seg_args, name=f"cell-{cell['cell_id']}",
                            storage_path=storage_path, scaling=scaling, max_failures=config["max_failures"])

@@ -16,7 +16,8 @@ Schema version 1, one row per cell, columns:
   (``gen_swd``, ``gen_swd_untrained``, ``gen_nn_distance``, ...)
 - timings in seconds: ``time_generator_train``, ``time_generator_wait``,
   ``time_segmentation_train``, ``time_evaluation``, ``time_cell``
-- hardware: ``hostname``, ``cpu_count``, ``gpu``, ``torch_version``, ``ray_version``
+- hardware: ``hostname``, ``cpu_count``, ``gpu``, ``torch_version``, ``ray_version`` (nothing
+  read from the environment, so no credential can end up in a row)
 
 A reader must not assume a column exists in every file: metrics may be added in later
 versions (the aggregator unifies schemas).
@@ -28,12 +29,10 @@ import io
 import json
 import os
 import platform
-from pathlib import Path
-
 import pandas as pd
 
 from synthmix import __version__
-from synthmix.orchestrator.store import StudyStore, atomic_write_bytes
+from synthmix.orchestrator.store import StoragePath, StudyStore, atomic_write_bytes
 
 SCHEMA_VERSION = 1
 
@@ -67,8 +66,9 @@ def build_row(*, study: str, cell: dict, factors: list[str], mixing: dict, data:
     return row
 
 
-def write_row(store: StudyStore, row: dict) -> Path:
-    """Write the cell's row atomically; mixed-type factor levels are stored as given."""
+def write_row(store: StudyStore, row: dict) -> StoragePath:
+    """Write the cell's row atomically (local: temp file + rename; object storage: one PUT of
+    the whole object); mixed-type factor levels are stored as given."""
     buffer = io.BytesIO()
     pd.DataFrame([row]).to_parquet(buffer, index=False)
     path = store.row_file(row["cell_id"])

@@ -1,4 +1,5 @@
-"""``synthmix status``: what a study's store says is done, failed and pending. No Ray needed."""
+"""``synthmix status``: what a study's store (a folder or URI) says is done, failed and
+pending. No Ray needed."""
 
 from __future__ import annotations
 
@@ -33,11 +34,10 @@ class StudyStatus:
 
 
 def study_status(name: str, *, storage=None) -> StudyStatus:
-    from synthmix.trainers.generators.artifact import is_complete
-
+    """The status of study ``name`` under ``storage`` (a folder or URI; default as in run)."""
     store = StudyStore.open(name, storage)
     if not store.plan_file.exists():
-        raise SynthmixError(f"no study named {name!r} under {store.root.parent} (no plan.json)")
+        raise SynthmixError(f"no study named {name!r} under {store.storage} (no plan.json)")
     plan = json.loads(store.plan_file.read_text())
     cells = [c["cell_id"] for c in plan["cells"]]
     finished = store.finished_cells()
@@ -45,5 +45,5 @@ def study_status(name: str, *, storage=None) -> StudyStatus:
     done = [c for c in cells if c in finished]
     failed = {c: errors[c]["error"].splitlines()[0] for c in cells if c in errors and c not in finished}
     pending = [c for c in cells if c not in finished and c not in failed]
-    generators = {j["key"]: is_complete(store.generator_dir(j["key"])) for j in plan.get("generator_jobs", [])}
+    generators = {j["key"]: store.generator_complete(j["key"]) for j in plan.get("generator_jobs", [])}
     return StudyStatus(name=store.name, cells=cells, done=done, failed=failed, pending=pending, generators=generators)

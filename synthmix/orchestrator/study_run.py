@@ -11,7 +11,7 @@ finished cell or generator is never computed twice.
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -21,9 +21,11 @@ import yaml
 
 from synthmix.errors import SynthmixError
 from synthmix.orchestrator.progress import ProgressCallback
-from synthmix.orchestrator.store import StudyStore, atomic_write_bytes
+from synthmix.orchestrator.store import ENDPOINT_ENV, StudyStore, atomic_write_bytes
 from synthmix.search_spaces.expand import Plan, expand_cells, resolve_dataset, build_split_plan
 from synthmix.search_spaces.schema import Study, load_study
+
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 # A trial's own reservation: a token amount of memory, no CPU, so that a trial waiting for a
 # generator holds nothing a training could use (Tune refuses an all-zero request).
@@ -47,10 +49,12 @@ def prepare_study(study_ref: str | Path | None, *, storage: str | Path | None = 
     preprocess = build_preprocess_config(study.dataset.preprocess)
     check_dataset(manifest, num_classes=_declared_classes(study, preprocess))
     if store.splits_file.exists():
-        splits = SplitPlan.load(store.splits_file)  # re-checks every rule; overlap is an error
+        with store.local_copy(store.splits_file) as local:
+            splits = SplitPlan.load(local)  # re-checks every rule; overlap is an error
     else:
         splits = build_split_plan(study, manifest.labelled_ids, manifest.unlabelled_ids)
-        splits.save(store.splits_file)
+        with store.staged(store.splits_file) as local:
+            splits.save(local)
     plan = expand_cells(study, splits, dataset_fingerprint=manifest.fingerprint(), manifest=manifest_path)
     atomic_write_bytes(store.plan_file, plan.to_json().encode())
     build_cache(manifest_path, preprocess, store.cache_dir)  # once, before any worker needs it
@@ -72,7 +76,8 @@ def _freeze_study(study: Study, store: StudyStore) -> None:
         raw["dataset"]["manifest"] = str(study.dataset.manifest)  # absolute, valid from the store
     text = yaml.safe_dump(raw, sort_keys=False)
     if store.study_file.exists():
-        previous = load_study(store.study_file)
+        with store.local_copy(store.study_file) as local:
+            previous = load_study(local)
         if previous.fingerprint() != study.fingerprint():
             raise SynthmixError(
                 f"{store.root} already holds study {previous.name!r} with a different configuration; "
@@ -105,6 +110,7 @@ def trial_configs(study: Study, store: StudyStore, plan: Plan) -> list[dict]:
         configs.append({
             "root": str(store.root), "study": study.name, "factors": list(study.factors),
             "cell": c.to_dict(), "manifest": str(plan.manifest), "preprocess": study.dataset.preprocess,
+            "phantom": asdict(study.dataset.phantom) if study.dataset.phantom else None,
             "split": {"train": list(split.train), "val": list(split.val), "test": list(split.test)},
             "generator_job": _job_dict(job), "segmenter": segmenter,
             "mixing": {"policy": study.mixing.policy, "source": study.mixing.source},
@@ -122,18 +128,18 @@ def _job_dict(job) -> dict | None:
 
 
 def concurrency(study: Study, cluster: dict[str, float]) -> int:
-    """How many cells can train at once on this cluster (at least 1): each training needs
-    workers x per-worker resources, and a trial beyond that would only wait."""
+    """How many cells can train at once on this fixed cluster (at least 1): each training needs
+    workers x per-worker resources, and a trial beyond that would only wait. (On a joined,
+    autoscaling cluster the count follows the cluster instead: see ``capacity``.)"""
+    from synthmix.orchestrator.capacity import training_slots
+
     r = study.resources
     if r.max_concurrent_trials:
         return r.max_concurrent_trials
-    slots = math.floor(cluster.get("CPU", 1) / max(r.workers * r.cpus_per_worker, 1e-9))
-    if r.gpus_per_worker:
-        slots = min(slots, math.floor(cluster.get("GPU", 0) / (r.workers * r.gpus_per_worker)))
-        if slots < 1:
-            raise SynthmixError(f"resources: each training asks for {r.workers * r.gpus_per_worker:g} GPU "
-                                f"but the cluster has {cluster.get('GPU', 0):g}")
-    return max(1, slots)
+    if r.gpus_per_worker and cluster.get("GPU", 0) < r.workers * r.gpus_per_worker:
+        raise SynthmixError(f"resources: each training asks for {r.workers * r.gpus_per_worker:g} GPU "
+                            f"but the cluster has {cluster.get('GPU', 0):g}")
+    return max(1, training_slots(r, cluster))
 
 
 def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None = None,
@@ -148,29 +154,44 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
     say(f"study {study.name}: {len(plan.cells)} cells, {len(plan.generator_jobs)} generator(s); "
         f"{len(plan.cells) - len(configs)} already done; storage {store.root}")
     if configs:
+        from synthmix.orchestrator.capacity import CellQueue, ClusterLimit
+
         # Tune's newer console output prints its own banner even at verbose=0; ours replaces it.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Ray Train's controller drains each worker's report queue every health check (2 s by
+        # default) and a worker's report() blocks until then: small cells lost seconds to it.
+        os.environ.setdefault(TRAIN_POLL_ENV, "0.5")
+        # A failed cell's traceback goes to errors/CELL.json and its first line to our summary;
+        # Tune's own log would print every traceback again mid-progress.
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+        joined = bool(address or os.environ.get("RAY_ADDRESS"))
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=True, logging_level="ERROR")
+                     configure_logging=True, logging_level="ERROR", runtime_env=_runtime_env(joined))
         try:
-            from synthmix.orchestrator.generators import start_coordinator
+            if any(c["generator_job"] for c in configs):
+                from synthmix.orchestrator.generators import start_coordinator
 
-            coordinator = start_coordinator(store.name)  # noqa: F841 (held for the run)
-            limit = concurrency(study, ray.cluster_resources())
-            say(f"running {len(configs)} cell(s), at most {limit} at a time")
+                coordinator = start_coordinator(store.name)  # noqa: F841 (held for the run)
+            limit = ClusterLimit(study.resources,
+                                 fixed=None if joined else concurrency(study, ray.cluster_resources()))
+            say(f"running {len(configs)} cell(s), at most {limit.limit()} at a time"
+                + (" for now: the limit follows the cluster as it scales" if joined else ""))
+            queue = CellQueue(configs, limit, on_wait=lambda n: say(
+                f"{n} cell(s) wait for the cluster to provide their resources (autoscaling)"))
             tuner = tune.Tuner(
                 tune.with_resources(_trainable(), tune.PlacementGroupFactory(TRIAL_RESOURCES)),
-                param_space={"cell_config": tune.grid_search(configs)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=limit),
+                tune_config=tune.TuneConfig(search_alg=queue, num_samples=len(configs)),
                 run_config=tune.RunConfig(
-                    name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(store.ray_dir / "tune"),
+                    name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=store.ray_storage("tune"),
                     verbose=0, callbacks=[ProgressCallback(total=len(configs), quiet=quiet)],
                     failure_config=tune.FailureConfig(max_failures=0)),
             )
             tuner.fit()
         finally:
+            if joined and ray.is_initialized():
+                ClusterLimit(study.resources).demand(0)  # let the autoscaler release this run's request
             if started_here:
                 ray.shutdown()
     failed = {k: v for k, v in store.errors().items() if k not in store.finished_cells()}
@@ -180,6 +201,17 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
         raise SynthmixError(f"{len(missing)} of {len(plan.cells)} cells did not finish "
                             f"(rerun 'synthmix resume {store.name}' to retry them):\n" + "\n".join(lines))
     return store
+
+
+def _runtime_env(joined: bool) -> dict | None:
+    """Workers of a joined cluster do not inherit this shell: forward the storage endpoint and
+    region (never credentials: nodes use their instance role or their own environment). Inside
+    ``ray job submit`` the job's own runtime_env carries them, and repeating a variable there
+    is an error."""
+    if not joined or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        return None
+    env = {k: os.environ[k] for k in (*ENDPOINT_ENV, TRAIN_POLL_ENV) if os.environ.get(k)}
+    return {"env_vars": env} if env else None
 
 
 def _trainable():
@@ -196,5 +228,6 @@ def resume_study(name: str, *, storage: str | Path | None = None, address: str |
     """Continue a study from what its store holds."""
     store = StudyStore.open(name, storage)
     if not store.study_file.exists():
-        raise SynthmixError(f"no study named {name!r} under {store.root.parent} (no {store.study_file.name})")
-    return run_study(store.study_file, storage=store.root.parent, name=name, address=address, quiet=quiet)
+        raise SynthmixError(f"no study named {name!r} under {store.storage} (no {store.study_file.name})")
+    with store.local_copy(store.study_file) as study_file:
+        return run_study(study_file, storage=store.storage, name=name, address=address, quiet=quiet)

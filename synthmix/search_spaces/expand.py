@@ -18,9 +18,11 @@ The compute estimate is a model, not a measurement of the study: per training st
 a fixed overhead + a cost per (batch x pixel) sample, times the steps. The constants in
 ``STEP_COST`` were measured with one torch thread on the 2-CPU development VM (a shared x86
 cloud core): the default 4-level UNet (16-128 filters, Adam, batch 8) took 110 ms per step at
-32x32 and 265 ms at 64x64; the DCGAN (32 filters, batch 32, 5 WGAN-GP critic steps per generator
-step) 1.0 s per generator step at 32x32 and 4.6 s at 64x64. Validation passes, data loading and
-Ray overheads are not modelled, nor are GPUs: on a GPU cluster the estimate is an upper bound.
+32x32 and 265 ms at 64x64; the default DCGAN (resize-conv, 16 filters, batch 16, 2 WGAN-GP critic
+steps per generator step) 300 generator steps in 36 s at 32x32 and 282 s at 64x64 (under load).
+Validation passes and data loading are not modelled, nor are GPUs: on a GPU cluster the
+estimate is an upper bound. Each training also pays
+``RAY_START_SECONDS`` for its Ray Train worker group.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ from synthmix.errors import StudyError
 
 # (seconds per step, seconds per million batch x pixel samples) on one CPU thread; for the
 # generator, per critic or generator update. See the module docstring for the measurements.
-STEP_COST = {"segmenter": (0.058, 6.3), "generator": (0.0, 5.5)}
-# The trainers' budget keys and defaults (SegmentationConfig.max_steps/batch_size,
-# GeneratorConfig.steps/batch_size), used when a study leaves them out.
-BUDGET = {"segmenter": ("max_steps", 600, 16), "generator": ("steps", 600, 32)}
+STEP_COST = {"segmenter": (0.058, 6.3), "generator": (0.0, 2.4)}
+# Starting one Ray Train run (a Tune trial's TorchTrainer: controller + worker processes that
+# import torch, then the final report) measured about 15 s on a quiet 2-CPU machine, up to 30 s
+# under load (benchmarks/orchestration_overhead.py); charged once per training.
+RAY_START_SECONDS = 15.0
 # Short prefixes that keep cell ids readable; other factors show their level alone.
 _ID_PREFIX = {"real_fraction": "rf", "real_count": "rc", "synthetic": "syn"}
 
@@ -137,7 +140,8 @@ class Plan:
                       f"estimated compute (a model, see synthmix.search_spaces.expand): "
                       f"{_hours(e['total_cpu_seconds'])} CPU time "
                       f"(segmentation {_hours(e['segmenter_cpu_seconds'])}, generators "
-                      f"{_hours(e['generator_cpu_seconds'])}); about {_hours(e['wall_seconds'])} wall "
+                      f"{_hours(e['generator_cpu_seconds'])}, Ray start-ups {_hours(e['ray_start_seconds'])}); "
+                      f"about {_hours(e['wall_seconds'])} wall "
                       f"with {e['parallel_trials']} trial(s) at a time"]
         return "\n".join(line for line in lines if line)
 
@@ -294,8 +298,21 @@ def _image_pixels(study: Study) -> int:
 
 
 def _budget(config: dict, kind: str) -> tuple[int, int]:
-    key, steps, batch = BUDGET[kind]
-    return int(config.get(key, steps)), int(config.get("batch_size", batch))
+    """(steps, batch size) of a training: the study's values, else the trainer's defaults."""
+    if kind == "segmenter":
+        from synthmix.trainers.segmentation import SegmentationConfig as Config
+        key = "max_steps"
+    else:
+        from synthmix.trainers.generators.training import GeneratorConfig as Config
+        key = "steps"
+    defaults = Config()
+    return int(config.get(key, getattr(defaults, key))), int(config.get("batch_size", defaults.batch_size))
+
+
+def _critic_updates(config: dict) -> int:
+    from synthmix.trainers.generators.training import GeneratorConfig
+
+    return int(config.get("n_critic", GeneratorConfig().n_critic))
 
 
 def _step_seconds(kind: str, batch: int, pixels: int) -> float:
@@ -312,18 +329,21 @@ def estimate(plan: Plan) -> dict:
     gen = 0.0
     for job in plan.generator_jobs.values():
         steps, batch = _budget(job.config, "generator")
-        updates = 1 + int(job.config.get("n_critic", 5))  # WGAN-GP: n_critic critic updates per step
+        updates = 1 + _critic_updates(job.config)  # WGAN-GP: n_critic critic updates per step
         gen += steps * updates * _step_seconds("generator", batch, pixels)
+    overhead = (len(plan.cells) + len(plan.generator_jobs)) * RAY_START_SECONDS
     cpus = r.workers * r.cpus_per_worker
     parallel = r.max_concurrent_trials or max(1, int((os.cpu_count() or 1) // max(cpus, 1)))
-    total = seg + gen
+    total = seg + gen + overhead
     return {
         "per_trial": {"workers": r.workers, "cpus_per_worker": r.cpus_per_worker,
                       "gpus_per_worker": r.gpus_per_worker, "cpus": cpus, "gpus": r.workers * r.gpus_per_worker},
         "image_pixels": pixels, "segmenter_steps": seg_steps, "segmenter_batch": seg_batch,
         "segmenter_cpu_seconds": round(seg, 1), "generator_cpu_seconds": round(gen, 1),
+        "ray_start_seconds": round(overhead, 1),
         "total_cpu_seconds": round(total, 1), "parallel_trials": parallel,
         # Each training spreads over its trial's CPUs; trials run `parallel` at a time.
         "wall_seconds": round(total / (min(parallel, max(len(plan.cells), 1)) * max(cpus, 1)), 1),
-        "model": "steps x (overhead + batch x pixels x cost), one CPU thread (an estimate; GPUs not modelled)",
+        "model": "steps x (overhead + batch x pixels x cost), one CPU thread, plus a Ray start-up per "
+                 "training (an estimate; GPUs not modelled)",
     }
