@@ -116,7 +116,9 @@ def test_store_files_round_trip_through_s3(s3_env) -> None:
     assert store.finished_cells() == {"c1", "c2"}
     assert store.row_file("c2").read_bytes() == b"row 2"
     store.record_error("c3", ValueError("bad\nsecond line"))
-    assert store.errors() == {"c3": {"cell_id": "c3", "error": "ValueError: bad\nsecond line"}}
+    error = store.errors()["c3"]
+    assert error["cell_id"] == "c3" and error["error"] == "ValueError: bad\nsecond line"
+    assert error["traceback"].startswith("ValueError: bad")
     store.clear_error("c3")
     store.clear_error("c3")  # already gone: no error
     assert store.errors() == {}
