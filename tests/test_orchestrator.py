@@ -20,38 +20,13 @@ from synthmix.datasets.splits import SplitPlan
 from synthmix.orchestrator.status import study_status
 from synthmix.orchestrator.store import StudyStore
 from synthmix.trainers.generators.artifact import GeneratorArtifact
+from tiny_study import tiny_study_yaml
 
-TINY = """\
-name: tiny
-seed: 0
-dataset:
-  phantom: {subjects: 8, size: 32, classes: 3, seed: 0}
-  preprocess: {axis: 2}
-split: {test: 0.25, val: 0.25, repeats: 1}
-factors:
-  real_fraction: [0.5, 1.0]
-  synthetic: [0, 1.0]
-  architecture: [unet]
-  augmentation: [none]
-segmenter:
-  network: {levels: 2, base_filters: 4, doubling: true, batch_norm: true}
-  batch_size: 4
-  lr: LR
-  max_steps: 10
-  val_every: 5
-  checkpoint_every: 5
-generator:
-  name: dcgan_wgangp
-  config: {base_filters: 8, latent_dim: 16, batch_size: 8, steps: 4, checkpoint_every: 2, pool_size: 64,
-           quality_samples: 16}
-mixing: {policy: additive, source: pool}
-resources: {workers: 1, cpus_per_worker: 1, max_failures: 1}
-"""
 
 
 def _study(tmp_path: Path, lr: float = 1e-3) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.replace("LR", repr(lr)))
+    path.write_text(tiny_study_yaml(lr=lr))
     return path
 
 
@@ -149,7 +124,7 @@ def test_diverging_cells_fail_with_their_reason_and_the_rest_go_on(tmp_path: Pat
 
 def test_invalid_study_is_rejected_before_ray_starts(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.replace("LR", "1e-3").replace("real_fraction: [0.5, 1.0]", "real_fraction: [0.5, 1.5]")
+    bad.write_text(tiny_study_yaml(real_fractions="[0.5, 1.5]")
                    .replace("architecture: [unet]", "architecture: [unet, nosuchnet]"))
     assert main(["run", str(bad), "--storage", str(tmp_path / "st")]) == 2
     err = capsys.readouterr().err

@@ -23,8 +23,9 @@ import pytest
 
 from synthmix.errors import SynthmixError
 from synthmix.orchestrator.store import COMPLETE_MARKER, RemotePath, StudyStore, atomic_write_bytes, storage_path
+from tiny_study import tiny_study_yaml
 
-moto_server = pytest.importorskip("moto.server")
+from moto import server as moto_server  # noqa: E402 (a declared test dependency: fail, never skip)
 
 BUCKET = "synthmix-test"
 # Distinctive fake credentials: the scan below looks for these exact values.
@@ -34,33 +35,8 @@ CREDENTIALS = {
     "AWS_SESSION_TOKEN": f"synthmix-token-{uuid.uuid4().hex}",
 }
 
-# tests/test_orchestrator.py's tiny study, cut to 2 cells sharing 1 generator.
-STUDY = """\
-name: tiny
-seed: 0
-dataset:
-  phantom: {subjects: 8, size: 32, classes: 3, seed: 0}
-  preprocess: {axis: 2}
-split: {test: 0.25, val: 0.25, repeats: 1}
-factors:
-  real_fraction: [1.0]
-  synthetic: [0, 1.0]
-  architecture: [unet]
-  augmentation: [none]
-segmenter:
-  network: {levels: 2, base_filters: 4, doubling: true, batch_norm: true}
-  batch_size: 4
-  lr: 0.001
-  max_steps: 10
-  val_every: 5
-  checkpoint_every: 5
-generator:
-  name: dcgan_wgangp
-  config: {base_filters: 8, latent_dim: 16, batch_size: 8, steps: 4, checkpoint_every: 2, pool_size: 64,
-           quality_samples: 16}
-mixing: {policy: additive, source: pool}
-resources: {workers: 1, cpus_per_worker: 1, max_failures: 1}
-"""
+# The end-to-end tests' tiny study, cut to 2 cells sharing 1 generator.
+STUDY = tiny_study_yaml(real_fractions="[1.0]")
 
 
 @pytest.fixture(scope="module")
