@@ -55,7 +55,7 @@ def test_killed_study_resumes_with_one_row_per_cell_and_no_retraining(tmp_path: 
     driver.wait()
     time.sleep(2)  # the embedded Ray notices its driver is gone
     finished_before = store.finished_cells()
-    generators_before = [p for p in (store.root / "artifacts" / "generators").glob("*/generator.pt")]
+    generators_before = [p for p in (store.root / "artifacts" / "generators").glob("*/weights.pt")]
     before = _mtimes([store.row_file(c) for c in finished_before] + generators_before)
 
     # Resume: every cell ends with exactly one row; nothing finished is recomputed.

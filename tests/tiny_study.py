@@ -24,8 +24,9 @@ segmenter:
   checkpoint_every: 5
 generator:
   name: dcgan_wgangp
-  config: {base_filters: 8, latent_dim: 16, batch_size: 8, steps: 4, checkpoint_every: 2, pool_size: 64,
-           quality_samples: 16}
+  config: {base_filters: 8, latent_dim: 16, batch_size: 8, steps: 4, checkpoint_every: 2}
+  pool: {size: 64}
+  quality: {samples: 16, reference_steps: 5}
 mixing: {policy: additive, source: pool}
 resources: {workers: 1, cpus_per_worker: 1, max_failures: 1}
 """

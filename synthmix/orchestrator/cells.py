@@ -1,13 +1,14 @@
-"""One cell = one Ray Tune trial: its generator (trained once per key), its segmentation
-training and evaluation, one results row.
+"""One cell = one Ray Tune trial: its generator (trained once per key), its pool (drawn once
+per pool key), its segmentation training and evaluation, one results row.
 
-Reads top to bottom: ``run_cell`` is the Tune function trainable; ``generator_flow`` and
-``segmentation_flow`` run on Ray Train workers (``train_launch.run_on_ray_train``). Workers load
-their data themselves from the study's preprocessed cache (memory-mapped), so no arrays travel
-through the object store. The trial reserves no CPU: while it waits for another trial's
-generator it holds nothing a training could use.
+Reads top to bottom: ``run_cell`` is the Tune function trainable; ``generator_flow``,
+``pool_flow`` and ``segmentation_flow`` run on Ray Train workers
+(``train_launch.run_on_ray_train``). Each takes the cell's typed ``CellSpec`` (as its dict)
+and a TrainContext. Workers load their data themselves from the study's preprocessed cache
+(memory-mapped), so no arrays travel through the object store. The trial reserves no CPU:
+while it waits for another trial's generator or pool it holds nothing a training could use.
 
-Paths that must be local (data, cache, generator copies) are worked out on the worker from the
+Paths that must be local (data, cache, artifact copies) are worked out on the worker from the
 store's root (``StudyStore.at``), since with remote storage each node keeps its own.
 """
 
@@ -16,10 +17,9 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import numpy as np
-
 from synthmix.orchestrator.generators import ensure_generator
 from synthmix.orchestrator.rows import build_row, write_row
+from synthmix.orchestrator.spec import CellSpec
 from synthmix.orchestrator.store import StudyStore
 from synthmix.orchestrator.train_launch import Scaling, run_on_ray_train
 
@@ -27,81 +27,118 @@ from synthmix.orchestrator.train_launch import Scaling, run_on_ray_train
 # --- worker flows (run on every Ray Train worker) ---------------------------------------------
 
 
-def _local_manifest(args: dict, store: StudyStore) -> str:
+def _spec(args: dict) -> CellSpec:
+    from synthmix.search_spaces.schema import import_plugins
+
+    spec = CellSpec.from_dict(args["spec"])
+    import_plugins(spec.plugins)  # the user's registry entries exist in this process too
+    return spec
+
+
+def _local_manifest(spec: CellSpec, store: StudyStore) -> str:
     """The dataset's manifest on this node. A phantom is (re)built under this node's data
     folder when missing: it is deterministic from its parameters, and with remote storage the
     driver's copy is on another machine. A user's manifest must be on a path every node sees."""
-    if args.get("phantom") is None:
-        return args["manifest"]
+    if spec.data.phantom is None:
+        return spec.data.manifest
     from synthmix.search_spaces.expand import resolve_dataset
     from synthmix.search_spaces.schema import DatasetSpec, PhantomSpec
 
-    dataset = DatasetSpec(phantom=PhantomSpec(**args["phantom"]), manifest=None, preprocess={})
+    dataset = DatasetSpec(phantom=PhantomSpec(**spec.data.phantom), manifest=None, preprocess={})
     return str(resolve_dataset(SimpleNamespace(dataset=dataset), store.data_dir))  # reads .dataset only
 
 
-def _training_slices(args: dict):
-    """The cell's real training subset, normalised with statistics from it alone (rule 4)."""
+def _data(spec: CellSpec):
+    """The cache entry, preprocessing, and the cell's real training subset normalised with
+    statistics from it alone (rule 4), plus a loader for other subjects with that normaliser."""
     from synthmix.datasets.cache import build_cache
     from synthmix.datasets.loader import fit_normaliser, load_slices
     from synthmix.datasets.preprocess import build_preprocess_config
 
-    store = StudyStore.at(args["root"])
-    preprocess = build_preprocess_config(args["preprocess"])
-    entry = build_cache(_local_manifest(args, store), preprocess, store.cache_dir)
-    normaliser = fit_normaliser(entry, args["train"], preprocess)
-    train = load_slices(entry, args["train"], normaliser=normaliser, training=True, preprocess=preprocess)
-    return entry, preprocess, normaliser, train
+    store = StudyStore.at(spec.root)
+    preprocess = build_preprocess_config(spec.data.preprocess)
+    entry = build_cache(_local_manifest(spec, store), preprocess, store.cache_dir)
+    normaliser = fit_normaliser(entry, spec.split.train, preprocess)
+
+    def load(subjects, *, training: bool = False, unlabelled: bool = False):
+        return load_slices(entry, subjects, normaliser=normaliser, training=training, preprocess=preprocess,
+                           allow_unlabelled=unlabelled)
+
+    return load(spec.split.train, training=True), load
 
 
 def generator_flow(args: dict, context) -> dict:
-    """Train the generator of one key on exactly its training subset (rule 3), on this node's
-    disk; rank 0 then publishes it to the store (an upload when the store is remote)."""
-    from synthmix.trainers.generators import GENERATORS
+    """Train the generator of one key on exactly its training subset (and, for a family that
+    asks, the study's unlabelled images): rule 3. Rank 0 publishes it to the store, then draws
+    and publishes the cell's pool, saving a second Ray Train start-up."""
+    from synthmix.trainers.generators import GeneratorData
+    from synthmix.trainers.generators.flow import train_generator
 
-    _, _, _, train = _training_slices(args)
-    family = GENERATORS.get(args["name"])
-    config = family.config({**args["config"], "seed": args["seed"]})
-    store = StudyStore.at(args["root"])
-    out_dir = store.generator_workdir(args["key"])
-    artifact = family.train(config, train, context, out_dir)
+    spec = _spec(args)
+    job, store = spec.generator, StudyStore.at(spec.root)
+    train, load = _data(spec)
+    unlabelled = load(job.unlabelled, unlabelled=True).images if job.unlabelled else None
+    out_dir = store.artifact_workdir("generators", job.key)
+    artifact = train_generator(job.generator_spec(), GeneratorData(train, unlabelled), context, out_dir,
+                               val=load(spec.split.val))
     if context.world_rank != 0:
-        return {"quality": {}}
-    store.publish_generator(args["key"], out_dir)  # before the final report: see ensure_generator
-    return {"quality": artifact.quality}
+        return {}
+    store.publish_artifact("generators", job.key, out_dir)  # before the final report: see ensure_generator
+    if spec.pool is not None and spec.pool.source == "pool" and not store.artifact_complete("pools", spec.pool.key):
+        _draw_and_publish(spec, store, artifact, train, context.device)
+    return {}
 
 
-def _synthetic_source(args: dict, device):
-    """A fixed pool, or a generator sampled on the fly (one loaded network, seeded per draw)."""
+def pool_flow(args: dict, context) -> dict:
+    """Draw one pool from a finished generator (rank 0; clean-up and filters see the cell's
+    training subset only)."""
     from synthmix.trainers.generators.artifact import GeneratorArtifact
 
-    if args["generator_key"] is None:
+    spec = _spec(args)
+    if context.world_rank == 0:
+        store = StudyStore.at(spec.root)
+        artifact = GeneratorArtifact(store.local_artifact("generators", spec.generator.key))
+        _draw_and_publish(spec, store, artifact, _data(spec)[0], context.device)
+    return {}
+
+
+def _draw_and_publish(spec: CellSpec, store: StudyStore, artifact, train, device) -> None:
+    from synthmix.trainers.generators.pools import draw_pool
+
+    out_dir = store.artifact_workdir("pools", spec.pool.key)
+    draw_pool(artifact, spec.pool.spec, train, seed=spec.pool.seed, key=spec.pool.key, out_dir=out_dir,
+              device=device)
+    store.publish_artifact("pools", spec.pool.key, out_dir)
+
+
+def _synthetic_source(spec: CellSpec, train, device):
+    """(a fixed pool, or a generator sampled on the fly through the pool's clean-up; the
+    number of samples the policy may draw, -1 on the fly)."""
+    from synthmix.trainers.generators.artifact import GeneratorArtifact
+    from synthmix.trainers.generators.pools import load_pool, on_the_fly
+
+    if spec.generator is None:
         return None, 0
-    artifact = GeneratorArtifact(StudyStore.at(args["root"]).local_generator(args["generator_key"]))
-    if args["mixing"]["source"] == "pool":
-        pool = artifact.pool()
+    store = StudyStore.at(spec.root)
+    if spec.pool.source == "pool":
+        pool, _ = load_pool(store.local_artifact("pools", spec.pool.key))
         return pool, len(pool)
-    network = artifact.load_generator(device)
-
-    def generate(n: int, rng: np.random.Generator):
-        return network.sample(n, seed=int(rng.integers(2**31)), device=device)
-
-    return generate, -1
+    artifact = GeneratorArtifact(store.local_artifact("generators", spec.generator.key))
+    return on_the_fly(artifact, spec.pool.spec, train, device), -1
 
 
 def segmentation_flow(args: dict, context) -> dict:
     """Train and evaluate one cell's segmentation network on real (+ synthetic) data."""
-    from synthmix.datasets.loader import load_slices
     from synthmix.datasets.mixing import MIXING_POLICIES
     from synthmix.trainers.segmentation import SegmentationData, build_segmentation_config, train_segmentation
 
-    entry, preprocess, normaliser, train = _training_slices(args)
-    val = load_slices(entry, args["val"], normaliser=normaliser, training=False, preprocess=preprocess)
-    test = load_slices(entry, args["test"], normaliser=normaliser, training=False, preprocess=preprocess)
-    config = build_segmentation_config(args["segmenter"])
-    synthetic, available = _synthetic_source(args, context.device)
-    sampler = MIXING_POLICIES.get(args["mixing"]["policy"]).build_sampler(
-        args["level"], real=train, synthetic=synthetic, batch_size=config.batch_size)
+    spec = _spec(args)
+    train, load = _data(spec)
+    val, test = load(spec.split.val), load(spec.split.test)
+    config = build_segmentation_config(spec.segmenter)
+    synthetic, available = _synthetic_source(spec, train, context.device)
+    sampler = MIXING_POLICIES.get(spec.mixing["policy"]).build_sampler(
+        spec.cell.factors["synthetic"], real=train, synthetic=synthetic, batch_size=config.batch_size)
     result = train_segmentation(config, SegmentationData(train=train, val=val, test=test, sampler=sampler), context)
     metrics = {k: v for k, v in result.metrics.items() if k != "per_subject"}
     return {"metrics": {**metrics, "best_step": result.best_step, "steps_done": result.steps_done},
@@ -112,59 +149,63 @@ def segmentation_flow(args: dict, context) -> dict:
 
 
 def run_cell(config: dict) -> None:
-    """Ray Tune function trainable for one cell; ``config`` is built by ``study_run``."""
+    """Ray Tune function trainable for one cell; ``config["spec"]`` is a CellSpec dict."""
     from ray import tune
 
-    store = StudyStore.at(config["root"])
-    cell = config["cell"]
+    spec = _spec(config)
+    store = StudyStore.at(spec.root)
     try:
-        row = _run(store, cell, config)
+        row = _run(store, spec, config)
     except Exception as err:
-        store.record_error(cell["cell_id"], err)
+        store.record_error(spec.cell_id, err)
         raise
-    store.clear_error(cell["cell_id"])
+    store.clear_error(spec.cell_id)
     tune.report({"dice_mean": row.get("dice_mean", float("nan")), "done": 1})
 
 
-def _run(store: StudyStore, cell: dict, config: dict) -> dict:
+def _ensure(kind: str, key: str, store: StudyStore, spec: CellSpec, flow, config: dict) -> dict:
+    """Make sure artifact ``kind``/``key`` exists, running ``flow`` on Ray Train here only if
+    no other trial is (one lease per artifact: rule 6)."""
+    return ensure_generator(
+        f"{kind}-{key}", artifact_dir=store.artifact_dir(kind, key),
+        is_complete=lambda _: store.artifact_complete(kind, key), study_name=store.name, owner=spec.cell_id,
+        train=lambda: run_on_ray_train(flow, config, name=f"{kind[:-1]}-{key}", storage_path=store.ray_storage("train"),
+                                       scaling=Scaling(**spec.scaling), max_failures=spec.max_failures))
+
+
+def _run(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     start = time.monotonic()
-    if store.row_file(cell["cell_id"]).exists():  # finished by an earlier attempt
+    if store.row_file(spec.cell_id).exists():  # finished by an earlier attempt
         return {}
-    scaling = Scaling(**config["scaling"])
-    storage_path = store.ray_storage("train")
-    split, job = config["split"], config.get("generator_job")
-    common = {"root": str(store.root), "manifest": config["manifest"], "phantom": config.get("phantom"),
-              "preprocess": config["preprocess"], "train": split["train"]}
+    gen_timing, quality, pool_info = {"train_s": 0.0, "wait_s": 0.0}, {}, {}
+    if spec.generator is not None:
+        gen_timing = _ensure("generators", spec.generator.key, store, spec, generator_flow, config)
+        quality = store.generator_quality(spec.generator.key)
+        if spec.pool.source == "pool":
+            pool_timing = _ensure("pools", spec.pool.key, store, spec, pool_flow, config)
+            gen_timing = {k: gen_timing[k] + pool_timing[k] for k in ("train_s", "wait_s")}
+            pool_info = store.pool_info(spec.pool.key)
 
-    gen_timing, quality = {"train_s": 0.0, "wait_s": 0.0}, {}
-    if job is not None:
-        key = job["key"]
-        gen_args = {**common, "train": job["subjects"], "name": job["name"], "config": job["config"],
-                    "seed": job["seed"], "key": key}
-        gen_timing = ensure_generator(
-            key, artifact_dir=store.generator_dir(key), is_complete=lambda _: store.generator_complete(key),
-            study_name=store.name, owner=cell["cell_id"],
-            train=lambda: run_on_ray_train(generator_flow, gen_args, name=f"generator-{key}",
-                                           storage_path=storage_path, scaling=scaling,
-                                           max_failures=config["max_failures"]))
-        quality = store.generator_quality(key)
-
-    seg_args = {**common, "val": split["val"], "test": split["test"], "segmenter": config["segmenter"],
-                "mixing": config["mixing"], "level": cell["synthetic"],
-                "generator_key": job["key"] if job else None}
     seg_start = time.monotonic()
-    seg = run_on_ray_train(segmentation_flow, seg_args, name=f"cell-{cell['cell_id']}",
-                           storage_path=storage_path, scaling=scaling, max_failures=config["max_failures"])
+    seg = run_on_ray_train(segmentation_flow, config, name=f"cell-{spec.cell_id}",
+                           storage_path=store.ray_storage("train"), scaling=Scaling(**spec.scaling),
+                           max_failures=spec.max_failures)
     seg_wall = time.monotonic() - seg_start
 
     timings = {"generator_train": gen_timing["train_s"], "generator_wait": gen_timing["wait_s"],
                "segmentation_train": seg["timings"].get("train_s", seg_wall),
                "evaluation": seg["timings"].get("eval_s", 0.0),
                "cell": time.monotonic() - start}
-    data = {"train_subjects": split["train"], "n_val_subjects": len(split["val"]),
-            "n_test_subjects": len(split["test"]), "n_train_slices": seg["n_train_slices"],
-            "n_synthetic_available": seg["n_synthetic_available"]}
-    row = build_row(study=config["study"], cell=cell, factors=config["factors"], mixing=config["mixing"],
-                    data=data, metrics=seg["metrics"], generator=quality, timings=timings)
+    data = {"train_subjects": list(spec.split.train), "n_val_subjects": len(spec.split.val),
+            "n_test_subjects": len(spec.split.test), "n_pool_subjects": spec.split.n_pool,
+            "n_train_slices": seg["n_train_slices"], "n_synthetic_available": seg["n_synthetic_available"],
+            "pool_drawn": pool_info.get("drawn", 0), "pool_kept": pool_info.get("kept", 0)}
+    row = build_row(study=spec.study, cell=spec.cell.to_dict(), factors=list(spec.factors), mixing=spec.mixing,
+                    data=data, metrics=seg["metrics"], generator=_flat_quality(quality), timings=timings)
     write_row(store, row)
     return row
+
+
+def _flat_quality(quality: dict) -> dict:
+    """The numeric quality figures (``gen_<name>`` columns of the row)."""
+    return {k: v for k, v in quality.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

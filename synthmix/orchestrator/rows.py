@@ -8,7 +8,9 @@ Schema version 1, one row per cell, columns:
   ``synthetic_source``
 - data: ``train_subjects`` (JSON list), ``n_train_subjects``, ``n_val_subjects``,
   ``n_test_subjects``, ``n_train_slices``, ``n_synthetic_available`` (pool samples the policy may
-  draw; -1 for on-the-fly sampling, 0 without a generator)
+  draw; -1 for on-the-fly sampling, 0 without a generator), ``n_pool_subjects`` (the labelled
+  subjects the subset is drawn from), ``pool_drawn`` / ``pool_kept`` (the pool's samples before
+  and after clean-up and filters)
 - metrics on the test subjects (means over subjects): ``dice_mean``, ``dice_<c>``, ``hd95_mean``,
   ``hd95_<c>``, ``hd_mean``, ``hd_<c>``, ``iou_*``, ``precision_*``, ``recall_*``;
   ``best_step``, ``steps_done``
@@ -57,9 +59,12 @@ def build_row(*, study: str, cell: dict, factors: list[str], mixing: dict, data:
     row.update(train_subjects=json.dumps(list(data["train_subjects"])),
                n_train_subjects=len(data["train_subjects"]), n_val_subjects=data["n_val_subjects"],
                n_test_subjects=data["n_test_subjects"], n_train_slices=data["n_train_slices"],
-               n_synthetic_available=data["n_synthetic_available"])
+               n_synthetic_available=data["n_synthetic_available"],
+               n_pool_subjects=data.get("n_pool_subjects", 0), pool_drawn=data.get("pool_drawn", 0),
+               pool_kept=data.get("pool_kept", 0))
     row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     row["generator_key"] = cell.get("generator_key") or ""
+    row["pool_key"] = cell.get("pool_key") or ""
     row.update({f"gen_{k}": float(v) for k, v in generator.items() if isinstance(v, (int, float))})
     row.update({f"time_{k}": float(v) for k, v in timings.items()})
     row.update(hardware())

@@ -261,36 +261,31 @@ class StudyStore:
         folder or a URI, which Ray opens with ``pyarrow.fs`` and the same environment."""
         return str(self.ray_dir / kind)
 
-    # --- generators ---------------------------------------------------------------------------
+    # --- artifacts: trained generators and the pools drawn from them --------------------------
+    # kind "generators" or "pools"; a folder is complete when its files are all there (local)
+    # or its marker is in the store (remote: uploaded last).
 
-    def generator_dir(self, key: str) -> StoragePath:
-        return self.root / "artifacts" / "generators" / key
+    def artifact_dir(self, kind: str, key: str) -> StoragePath:
+        return self.root / "artifacts" / kind / key
 
-    def generator_workdir(self, key: str) -> Path:
-        """Where a generator is trained and read on this node: the store's folder when local,
+    def artifact_workdir(self, kind: str, key: str) -> Path:
+        """Where an artifact is written and read on this node: the store's folder when local,
         else this node's cached copy."""
         if not self.remote:
-            return self.generator_dir(key)
-        return local_cache_root() / self.name / "generators" / key
+            return self.artifact_dir(kind, key)
+        return local_cache_root() / self.name / kind / key
 
-    def generator_complete(self, key: str) -> bool:
-        from synthmix.trainers.generators.artifact import is_complete
-
+    def artifact_complete(self, kind: str, key: str) -> bool:
         if not self.remote:
-            return is_complete(self.generator_dir(key))
-        return (self.generator_dir(key) / COMPLETE_MARKER).is_file()
+            return _LOCAL_COMPLETE[kind](self.artifact_dir(kind, key))
+        return (self.artifact_dir(kind, key) / COMPLETE_MARKER).is_file()
 
-    def generator_quality(self, key: str) -> dict:
-        from synthmix.trainers.generators.artifact import QUALITY_FILE
-
-        return json.loads((self.generator_dir(key) / QUALITY_FILE).read_text())
-
-    def publish_generator(self, key: str, local: Path) -> None:
+    def publish_artifact(self, kind: str, key: str, local: Path) -> None:
         """Upload a finished artifact folder, the marker (names, sizes, digests) last, and keep
-        the same marker beside the local copy. No-op for a local store (trained in place)."""
+        the same marker beside the local copy. No-op for a local store (written in place)."""
         if not self.remote:
             return
-        target = self.generator_dir(key)
+        target = self.artifact_dir(kind, key)
         files = sorted(p for p in Path(local).iterdir() if p.is_file() and p.name != COMPLETE_MARKER)
         for path in files:
             (target / path.name).upload(path)
@@ -298,18 +293,18 @@ class StudyStore:
         (target / COMPLETE_MARKER).write_bytes(marker.encode())
         (Path(local) / COMPLETE_MARKER).write_text(marker)
 
-    def local_generator(self, key: str) -> Path:
-        """A complete copy of the generator on this node's disk: the store's folder when local;
+    def local_artifact(self, kind: str, key: str) -> Path:
+        """A complete copy of the artifact on this node's disk: the store's folder when local;
         else the cached copy, downloaded first (temp folder + rename) unless its marker equals
         the store's."""
         if not self.remote:
-            return self.generator_dir(key)
+            return self.artifact_dir(kind, key)
         from synthmix.errors import SynthmixError
 
-        source, local = self.generator_dir(key), self.generator_workdir(key)
+        source, local = self.artifact_dir(kind, key), self.artifact_workdir(kind, key)
         marker_file = source / COMPLETE_MARKER
         if not marker_file.is_file():
-            raise SynthmixError(f"{source}: generator {key} is not complete in the store (no {COMPLETE_MARKER})")
+            raise SynthmixError(f"{source}: {kind[:-1]} {key} is not complete in the store (no {COMPLETE_MARKER})")
         marker = marker_file.read_text()
         cached = local / COMPLETE_MARKER
         if cached.is_file() and cached.read_text() == marker:
@@ -324,6 +319,22 @@ class StudyStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return local
+
+    def generator_dir(self, key: str) -> StoragePath:
+        return self.artifact_dir("generators", key)
+
+    def generator_complete(self, key: str) -> bool:
+        return self.artifact_complete("generators", key)
+
+    def generator_quality(self, key: str) -> dict:
+        from synthmix.trainers.generators.artifact import QUALITY_FILE
+
+        return json.loads((self.generator_dir(key) / QUALITY_FILE).read_text())
+
+    def pool_info(self, key: str) -> dict:
+        from synthmix.trainers.generators.pools import POOL_INFO
+
+        return json.loads((self.artifact_dir("pools", key) / POOL_INFO).read_text())
 
     # --- files --------------------------------------------------------------------------------
 
@@ -374,6 +385,21 @@ class StudyStore:
 
     def clear_error(self, cell_id: str) -> None:
         self.error_file(cell_id).unlink(missing_ok=True)
+
+
+def _generator_complete(path: Path) -> bool:
+    from synthmix.trainers.generators.artifact import is_complete
+
+    return is_complete(path)
+
+
+def _pool_complete(path: Path) -> bool:
+    from synthmix.trainers.generators.pools import is_complete
+
+    return is_complete(path)
+
+
+_LOCAL_COMPLETE = {"generators": _generator_complete, "pools": _pool_complete}
 
 
 def _children(folder: StoragePath, suffix: str) -> list[StoragePath]:

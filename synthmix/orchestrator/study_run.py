@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -69,7 +68,8 @@ def _declared_classes(study: Study, preprocess) -> int | None:
 
 
 def _freeze_study(study: Study, store: StudyStore) -> None:
-    """Keep the study as run; a different study under the same name is refused."""
+    """Keep the study as run; a different study under the same name is refused, except one
+    that differs only in ``generator.pool``, which replaces the stored one."""
     raw = yaml.safe_load(Path(study.source).read_text())
     manifest = raw.get("dataset", {}).get("manifest")
     if manifest and study.dataset.manifest:
@@ -78,18 +78,27 @@ def _freeze_study(study: Study, store: StudyStore) -> None:
     if store.study_file.exists():
         with store.local_copy(store.study_file) as local:
             previous = load_study(local)
-        if previous.fingerprint() != study.fingerprint():
-            raise SynthmixError(
-                f"{store.root} already holds study {previous.name!r} with a different configuration; "
-                "pick another --name (or --storage) for the changed study, or resume the stored one "
-                f"with 'synthmix resume {store.name}'")
-        return
+        if previous.fingerprint() == study.fingerprint():
+            return
+        if previous.fingerprint(without_pool=True) == study.fingerprint(without_pool=True):
+            # Only generator.pool changed: the trained generators stay valid; new pools are drawn
+            # from them and the cells that use synthetic data get new ids (the old rows are no
+            # longer in the plan).
+            atomic_write_bytes(store.study_file, text.encode())
+            return
+        raise SynthmixError(
+            f"{store.root} already holds study {previous.name!r} with a different configuration; "
+            "pick another --name (or --storage) for the changed study, or resume the stored one "
+            f"with 'synthmix resume {store.name}'")
     atomic_write_bytes(store.study_file, text.encode())
 
 
 def trial_configs(study: Study, store: StudyStore, plan: Plan) -> list[dict]:
-    """One Tune config per pending cell, in launch order: one cell per generator key first (so
-    generators start early), then cells without synthetic data, then the rest."""
+    """One Tune config ``{"spec": CellSpec dict}`` per pending cell, in launch order: one cell
+    per generator key first (so generators start early), then cells without synthetic data,
+    then the rest."""
+    from synthmix.orchestrator.spec import build_cell_specs
+
     done = store.finished_cells()
     pending = [c for c in plan.cells if c.cell_id not in done]
     first_of_key, seen = [], set()
@@ -99,32 +108,8 @@ def trial_configs(study: Study, store: StudyStore, plan: Plan) -> list[dict]:
             first_of_key.append(c)
     no_gen = [c for c in pending if c.generator_key is None]
     rest = [c for c in pending if c.generator_key and c not in first_of_key]
-    r = study.resources
-    scaling = {"workers": r.workers, "cpus_per_worker": r.cpus_per_worker, "gpus_per_worker": r.gpus_per_worker}
-    configs = []
-    for c in first_of_key + no_gen + rest:
-        split = plan.splits.get(c.fold, c.repeat, c.amount)
-        job = plan.generator_jobs.get(c.generator_key) if c.generator_key else None
-        segmenter = {**study.segmenter_config(c.factors.get("architecture", "unet"),
-                                              c.factors.get("augmentation", "none")), "seed": c.seed}
-        configs.append({
-            "root": str(store.root), "study": study.name, "factors": list(study.factors),
-            "cell": c.to_dict(), "manifest": str(plan.manifest), "preprocess": study.dataset.preprocess,
-            "phantom": asdict(study.dataset.phantom) if study.dataset.phantom else None,
-            "split": {"train": list(split.train), "val": list(split.val), "test": list(split.test)},
-            "generator_job": _job_dict(job), "segmenter": segmenter,
-            "mixing": {"policy": study.mixing.policy, "source": study.mixing.source},
-            "scaling": scaling, "max_failures": r.max_failures,
-        })
-    return configs
-
-
-def _job_dict(job) -> dict | None:
-    if job is None:
-        return None
-    d = asdict(job)
-    d["subjects"], d["unlabelled"] = list(job.subjects), list(job.unlabelled)
-    return d
+    specs = build_cell_specs(study, str(store.root), plan, first_of_key + no_gen + rest)
+    return [{"spec": s.to_dict()} for s in specs]
 
 
 def concurrency(study: Study, cluster: dict[str, float]) -> int:
@@ -170,7 +155,7 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=True, logging_level="ERROR", runtime_env=_runtime_env(joined))
         try:
-            if any(c["generator_job"] for c in configs):
+            if any(c["spec"]["generator"] for c in configs):
                 from synthmix.orchestrator.generators import start_coordinator
 
                 coordinator = start_coordinator(store.name)  # noqa: F841 (held for the run)

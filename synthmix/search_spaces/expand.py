@@ -10,9 +10,12 @@ Identity and seeds (DESIGN rules 5 and 6):
   same ids on every run, a changed config gives new ones.
 - a cell's ``seed`` derives from the study seed and the cell's coordinates (levels, fold, repeat).
 - the generator key hashes what decides a generator: dataset fingerprint, preprocess config,
-  study seed, fold, repeat, the sorted training subset, the unlabelled subjects, and the
-  generator name + config. Cells that differ only in architecture, augmentation or synthetic
-  level share a key; a key is one generator training (``Plan.generator_jobs``).
+  study seed, fold, repeat, the sorted training subset, the unlabelled subjects (only for a
+  family that learns from them), and the generator name, config, select, quality and masks
+  settings. Cells that differ only in architecture, augmentation or synthetic level share a
+  key; a key is one generator training (``Plan.generator_jobs``).
+- the pool key hashes the generator key and the pool settings (``generator.pool``, the mixing
+  source): a changed pool draws a new pool from the same trained generator (``Plan.pool_jobs``).
 
 The compute estimate is a model, not a measurement of the study: per training step,
 a fixed overhead + a cost per (batch x pixel) sample, times the steps. The constants in
@@ -42,7 +45,7 @@ from synthmix.errors import StudyError
 
 # (seconds per step, seconds per million batch x pixel samples) on one CPU thread; for the
 # generator, per critic or generator update. See the module docstring for the measurements.
-STEP_COST = {"segmenter": (0.058, 6.3), "generator": (0.0, 2.4)}
+STEP_COST = {"segmenter": (0.058, 6.3)}  # generators: each family's own ``cost``
 # Starting one Ray Train run (a Tune trial's TorchTrainer: controller + worker processes that
 # import torch, then the final report) measured about 15 s on a quiet 2-CPU machine, up to 30 s
 # under load (benchmarks/orchestration_overhead.py); charged once per training.
@@ -60,10 +63,12 @@ class Cell:
     amount: float | int  # the cell's real_fraction or real_count
     generator_key: str | None
     seed: int
+    pool_key: str | None = None
 
     def to_dict(self) -> dict:
         return {"cell_id": self.cell_id, **self.factors, "fold": self.fold, "repeat": self.repeat,
-                "amount": self.amount, "generator_key": self.generator_key, "seed": self.seed}
+                "amount": self.amount, "generator_key": self.generator_key, "pool_key": self.pool_key,
+                "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,30 @@ class GeneratorJob:
     repeat: int
     amount: float | int
     subjects: tuple[str, ...]  # the labelled training subset the generator may see (rule 3)
-    config: dict               # build_generator_config options
+    config: dict               # the family's own options
     name: str = "dcgan_wgangp"
     seed: int = 0              # derived from the study seed and the key
-    unlabelled: tuple[str, ...] = ()
+    unlabelled: tuple[str, ...] = ()  # only for a family that learns from unlabelled images
+    select: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
+
+    def generator_spec(self):
+        from synthmix.trainers.generators.flow import GeneratorSpec
+
+        return GeneratorSpec(key=self.key, name=self.name, config=dict(self.config), seed=self.seed,
+                             select=dict(self.select), quality=dict(self.quality), masks=dict(self.masks))
+
+
+@dataclass(frozen=True)
+class PoolJob:
+    """One synthetic pool (or, on the fly, the clean-up of every draw) of one generator."""
+
+    key: str
+    generator_key: str
+    spec: dict    # generator.pool settings (synthetic.PoolSpec)
+    source: str   # pool | on_the_fly
+    seed: int     # derived from the study seed and the key
 
 
 @dataclass
@@ -88,6 +113,7 @@ class Plan:
     cells: list[Cell]
     generator_jobs: dict[str, GeneratorJob]
     estimate: dict = field(default_factory=dict)
+    pool_jobs: dict[str, PoolJob] = field(default_factory=dict)
 
     def cells_per_key(self) -> dict[str, int]:
         counts = {k: 0 for k in self.generator_jobs}
@@ -108,10 +134,12 @@ class Plan:
             "mixing": asdict(self.study.mixing),
             "baseline": self.study.statistics.baseline,
             "counts": {"cells": len(self.cells), "generator_trainings": len(self.generator_jobs),
+                       "pools": len(self.pool_jobs),
                        "cells_without_generator": sum(c.generator_key is None for c in self.cells)},
             "cells": [c.to_dict() for c in self.cells],
             "generator_jobs": [{**asdict(j), "subjects": list(j.subjects), "unlabelled": list(j.unlabelled),
                                 "cells": per_key[k]} for k, j in self.generator_jobs.items()],
+            "pool_jobs": [asdict(j) for j in self.pool_jobs.values()],
             "estimate": self.estimate,
         }
 
@@ -213,11 +241,17 @@ def cell_id(factors: dict, fold: int, repeat: int, suffix: str) -> str:
 
 
 def generator_key(*, dataset_fingerprint: str, preprocess: dict, seed: int, split: Any,
-                  name: str, config: dict) -> str:
+                  name: str, config: dict, unlabelled: tuple = (), shared: dict | None = None) -> str:
+    """``unlabelled``: the unlabelled subjects the family learns from (empty for the others);
+    ``shared``: the generator section's select / quality / masks settings."""
     return content_hash({
         "dataset": dataset_fingerprint, "preprocess": preprocess, "seed": seed,
         "fold": split.fold, "repeat": split.repeat, "subjects": sorted(split.train),
-        "unlabelled": sorted(split.unlabelled), "generator": name, "config": config}, 24)
+        "unlabelled": sorted(unlabelled), "generator": name, "config": config, **(shared or {})}, 24)
+
+
+def pool_key(generator_key_: str, pool: dict, source: str) -> str:
+    return content_hash({"generator": generator_key_, "pool": pool, "source": source}, 24)
 
 
 def build_split_plan(study: Study, labelled_ids, unlabelled_ids=()) -> Any:
@@ -246,16 +280,18 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
     real = study.real_factor
     cells: list[Cell] = []
     jobs: dict[str, GeneratorJob] = {}
+    pools: dict[str, PoolJob] = {}
     for repeat in range(study.split.repeats):
         for fold in range(study.split.folds or 1):
             for combo in grid(study):
                 split = splits.get(fold, repeat, combo[real])
-                key = None
+                key = pkey = None
                 if study.uses_synthetic(combo["synthetic"]):
                     key = _job(study, combo, split, dataset_fingerprint, jobs).key
+                    pkey = _pool_job(study, key, pools).key
                 cells.append(Cell(cell_id=cell_id(combo, fold, repeat, suffix), factors=combo, fold=fold,
                                   repeat=repeat, amount=combo[real], generator_key=key,
-                                  seed=derive_seed(study.seed, "cell", combo, fold, repeat)))
+                                  seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey))
     if not cells:
         raise StudyError(["exclude: removes every cell; the grid is empty"], study.source)
     ids = [c.cell_id for c in cells]
@@ -263,24 +299,38 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
         dup = next(i for i in ids if ids.count(i) > 1)
         raise StudyError([f"factors: two levels print the same in cell ids ({dup}); rename one"], study.source)
     plan = Plan(study=study, manifest=manifest, dataset_fingerprint=dataset_fingerprint, splits=splits,
-                cells=cells, generator_jobs=jobs)
+                cells=cells, generator_jobs=jobs, pool_jobs=pools)
     plan.estimate = estimate(plan)
     return plan
 
 
 def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
          jobs: dict[str, GeneratorJob]) -> GeneratorJob:
-    configs = study.generator.configs
-    name = combo.get("generator") or next(iter(configs))
-    config = configs[name]
+    from synthmix.trainers.generators import GENERATORS
+
+    g = study.generator
+    name = combo.get("generator") or next(iter(g.configs))
+    config = g.configs[name]
+    unlabelled = tuple(sorted(split.unlabelled)) if GENERATORS.get(name).uses_unlabelled else ()
+    shared = {"select": g.select, "quality": g.quality, "masks": g.masks}
     key = generator_key(dataset_fingerprint=dataset_fingerprint, preprocess=study.dataset.preprocess,
-                        seed=study.seed, split=split, name=name, config=config)
+                        seed=study.seed, split=split, name=name, config=config, unlabelled=unlabelled,
+                        shared=shared)
     if key not in jobs:
         jobs[key] = GeneratorJob(key=key, fold=split.fold, repeat=split.repeat, amount=split.amount,
                                  subjects=tuple(sorted(split.train)), config=dict(config), name=name,
-                                 seed=derive_seed(study.seed, "generator", key),
-                                 unlabelled=tuple(sorted(split.unlabelled)))
+                                 seed=derive_seed(study.seed, "generator", key), unlabelled=unlabelled,
+                                 **{k: dict(v) for k, v in shared.items()})
     return jobs[key]
+
+
+def _pool_job(study: Study, gen_key: str, pools: dict[str, PoolJob]) -> PoolJob:
+    spec, source = dict(study.generator.pool), study.mixing.source
+    key = pool_key(gen_key, spec, source)
+    if key not in pools:
+        pools[key] = PoolJob(key=key, generator_key=gen_key, spec=spec, source=source,
+                             seed=derive_seed(study.seed, "pool", key))
+    return pools[key]
 
 
 # --- estimate ----------------------------------------------------------------------------------
@@ -297,22 +347,23 @@ def _image_pixels(study: Study) -> int:
     return int(h) * int(w)
 
 
-def _budget(config: dict, kind: str) -> tuple[int, int]:
-    """(steps, batch size) of a training: the study's values, else the trainer's defaults."""
-    if kind == "segmenter":
-        from synthmix.trainers.segmentation import SegmentationConfig as Config
-        key = "max_steps"
-    else:
-        from synthmix.trainers.generators.training import GeneratorConfig as Config
-        key = "steps"
-    defaults = Config()
-    return int(config.get(key, getattr(defaults, key))), int(config.get("batch_size", defaults.batch_size))
+def _budget(config: dict) -> tuple[int, int]:
+    """(steps, batch size) of a segmentation training: the study's values, else the defaults."""
+    from synthmix.trainers.segmentation import SegmentationConfig
+
+    defaults = SegmentationConfig()
+    return int(config.get("max_steps", defaults.max_steps)), int(config.get("batch_size", defaults.batch_size))
 
 
-def _critic_updates(config: dict) -> int:
-    from synthmix.trainers.generators.training import GeneratorConfig
+def generator_seconds(job: GeneratorJob, pixels: int) -> float:
+    """The family's own cost model (one CPU core), or 0 for a family without one."""
+    from synthmix.trainers.generators import GENERATORS
 
-    return int(config.get("n_critic", GeneratorConfig().n_critic))
+    family = GENERATORS.get(job.name)
+    if family.cost is None:
+        return 0.0
+    side = int(round(pixels ** 0.5))
+    return float(family.cost(family.config(job.config), (side, side)))
 
 
 def _step_seconds(kind: str, batch: int, pixels: int) -> float:
@@ -324,13 +375,9 @@ def estimate(plan: Plan) -> dict:
     """Per-trial resources and the modelled total compute (see the module docstring)."""
     s, r = plan.study, plan.study.resources
     pixels = _image_pixels(s)
-    seg_steps, seg_batch = _budget(s.segmenter, "segmenter")
+    seg_steps, seg_batch = _budget(s.segmenter)
     seg = len(plan.cells) * seg_steps * _step_seconds("segmenter", seg_batch, pixels)
-    gen = 0.0
-    for job in plan.generator_jobs.values():
-        steps, batch = _budget(job.config, "generator")
-        updates = 1 + _critic_updates(job.config)  # WGAN-GP: n_critic critic updates per step
-        gen += steps * updates * _step_seconds("generator", batch, pixels)
+    gen = sum(generator_seconds(job, pixels) for job in plan.generator_jobs.values())
     overhead = (len(plan.cells) + len(plan.generator_jobs)) * RAY_START_SECONDS
     cpus = r.workers * r.cpus_per_worker
     parallel = r.max_concurrent_trials or max(1, int((os.cpu_count() or 1) // max(cpus, 1)))

@@ -35,8 +35,18 @@ A fully commented example (every section; defaults noted)::
       # networks: {unet: {levels: 3}, uresnet: {levels: 3, num_res_units: 2}}
     generator:                     # required when some synthetic level uses synthetic data
       name: dcgan_wgangp           # a GENERATORS name
-      config: {steps: 40}          # build_generator_config options (not seed: derived)
+      config: {steps: 40}          # that family's own options (not seed: derived)
       # configs: {dcgan_wgangp: {steps: 40}}   # instead of name/config with factor generator
+      select: {by: swd, every: 20} # keep the best snapshot: swd | fcn_score | last (default)
+      pool:                        # the synthetic pool drawn from each trained generator
+        size: 256                  # samples kept (default 512)
+        oversample: 2              # draw size x oversample, keep the best size after filters
+        cleanup: [fill_holes, remove_small]          # LABEL_CLEANUPS names (or {name, options})
+        filters: [{name: nearest_neighbour, percentile: 75}]   # SYNTHETIC_FILTERS
+      quality: {samples: 512, reference_steps: 200}  # quality figures' sample count, FCN reference
+      masks: {transform: false}    # conditional families: transform the subset's masks
+    plugins: [my_lab.generators]   # modules imported first (driver and workers): your own
+                                   # registry entries, e.g. a generator family
     mixing:
       policy: additive             # additive | probability | minibatch | count | synthetic_only
       source: pool                 # pool (sampled once per generator) | on_the_fly
@@ -73,8 +83,9 @@ from typing import Any, Callable
 from synthmix.datasets.mixing import MIXING_POLICIES, SOURCES
 from synthmix.errors import StudyError, SynthmixError
 
-TOP_KEYS = ("name", "seed", "description", "dataset", "split", "factors", "exclude", "segmenter",
+TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
             "generator", "mixing", "statistics", "resources")
+GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks")
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator")
 CORRECTIONS = ("none", "holm", "bh")
@@ -88,7 +99,10 @@ _REGISTRIES = {
 _BUILDERS = {
     "preprocess": ("synthmix.datasets.preprocess", "build_preprocess_config"),
     "segmenter": ("synthmix.trainers.segmentation", "build_segmentation_config"),
-    "generator": ("synthmix.trainers.generators.training", "build_generator_config"),
+    "select": ("synthmix.trainers.generators.session", "build_select_spec"),
+    "pool": ("synthmix.trainers.synthetic", "build_pool_spec"),
+    "quality": ("synthmix.trainers.generators.flow", "build_quality_spec"),
+    "masks": ("synthmix.trainers.generators.masks", "build_mask_spec"),
 }
 
 
@@ -122,6 +136,10 @@ class SplitSection:
 @dataclass(frozen=True)
 class GeneratorSection:
     configs: dict  # generator name -> its config dict (one entry without a generator factor)
+    select: dict = field(default_factory=dict)
+    pool: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,7 @@ class Study:
     resources: ResourcesSection
     source: str = field(default="study")
     batch_size: int | None = None  # the segmenter's, when known
+    plugins: tuple = ()
 
     @property
     def real_factor(self) -> str:
@@ -180,13 +199,18 @@ class Study:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("source", "batch_size")}
+        d["plugins"] = list(self.plugins)
         d["factors"] = {k: list(v) for k, v in self.factors.items()}
         d["exclude"] = [dict(e) for e in self.exclude]
         return d
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, *, without_pool: bool = False) -> str:
+        """``without_pool``: the same hash with generator.pool left out: a study that differs
+        from its stored version only there reuses its trained generators (new pools, new cells)."""
         d = self.to_dict()
         kept = {k: d[k] for k in ("seed", "dataset", "split", "segmenter", "generator", "mixing")}
+        if without_pool and kept["generator"]:
+            kept["generator"] = {k: v for k, v in kept["generator"].items() if k != "pool"}
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
         return content_hash(kept)
 
@@ -274,8 +298,8 @@ def known_names(kind: str) -> list[str] | None:
     return None if registry is None else registry.names()
 
 
-def _build(kind: str, config: dict, path: str, problems: _Problems) -> Any:
-    builder = _import(_BUILDERS[kind])
+def _build(kind: str, config: dict, path: str, problems: _Problems, builder: Callable | None = None) -> Any:
+    builder = builder or _import(_BUILDERS[kind])
     if builder is None:
         return None
     try:
@@ -489,7 +513,7 @@ def segmenter_config(segmenter: dict, architecture: str, augmentation: str) -> d
 
 
 def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> GeneratorSection | None:
-    g = _mapping(raw, "generator", problems, ("name", "config", "configs"))
+    g = _mapping(raw, "generator", problems, GENERATOR_KEYS)
     if raw is None:
         if needs:
             problems.add("generator", "missing; some synthetic levels use synthetic data")
@@ -514,13 +538,18 @@ def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> Gen
         elif known is not None and name not in known:
             problems.add("generator.name", f"unknown generator {name!r}; known: {', '.join(known)}")
         configs = {name: _mapping(g.get("config", {}), "generator.config", problems, None)}
-    section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()})
+    shared = {k: dict(_mapping(g.get(k), f"generator.{k}", problems, None)) for k in ("select", "pool", "quality", "masks")}
+    section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()}, **shared)
+    registry = _import(_REGISTRIES["generator"])
     for name, cfg in section.configs.items():
         path = "generator.config" if "generator" not in factors else f"generator.configs.{name}"
         if "seed" in cfg:  # rule 5: each generator's seed derives from the study seed and its key
             problems.add(f"{path}.seed", "set the study's seed instead; each generator derives its own")
             continue
-        _build("generator", cfg, path, problems)
+        if registry is not None and name in registry:
+            _build("generator", cfg, path, problems, builder=registry.get(name).config)  # the family's own builder
+    for kind in ("select", "pool", "quality", "masks"):
+        _build(kind, shared[kind], f"generator.{kind}", problems)
     return section
 
 
@@ -569,22 +598,37 @@ def _resources(raw: Any, problems: _Problems) -> ResourcesSection:
 
 
 def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | None,
-                  generator: GeneratorSection | None, problems: _Problems) -> None:
-    """Checks that need several sections: policy levels against the batch size and source, and
-    a fixed pool large enough for an absolute synthetic count."""
+                  generator: GeneratorSection | None, resources: ResourcesSection, problems: _Problems) -> None:
+    """Checks that need several sections: policy levels against the batch size and source, a
+    fixed pool large enough for an absolute synthetic count, filters that need a whole pool
+    against on-the-fly sampling, and global batches against the number of workers."""
     if mixing.policy not in MIXING_POLICIES:
         return
     policy = MIXING_POLICIES.get(mixing.policy)
     for i, level in enumerate(study_factors.get("synthetic", ())):
         for msg in policy.check(level, batch_size=batch_size, source=mixing.source):
             problems.add(f"factors.synthetic[{i}]", msg)
-    if mixing.source == "pool" and mixing.policy in ("count", "synthetic_only") and generator:
+    if not generator:
+        return
+    pool_size = generator.pool.get("size", 512)
+    if mixing.source == "pool" and mixing.policy in ("count", "synthetic_only") and isinstance(pool_size, int):
         need = max(study_factors.get("synthetic", (0,)))
-        for name, cfg in generator.configs.items():
-            pool = cfg.get("pool_size")
-            if isinstance(pool, int) and pool < need:
-                problems.add("generator.config.pool_size", f"{pool} is smaller than the largest synthetic "
-                             f"count {need} (generator {name})")
+        if pool_size < need:
+            problems.add("generator.pool.size", f"{pool_size} is smaller than the largest synthetic count {need}")
+    filters = _import(("synthmix.trainers.synthetic", "SYNTHETIC_FILTERS"))
+    if mixing.source == "on_the_fly" and filters is not None:
+        for i, step in enumerate(generator.pool.get("filters") or []):
+            name = step.get("name") if isinstance(step, dict) else step
+            if name in filters and filters.get(name).whole_pool:
+                problems.add(f"generator.pool.filters[{i}]",
+                             f"filter {name!r} ranks samples against the whole pool, which sampling on the fly "
+                             "(mixing.source: on_the_fly) never has; use source: pool or drop the filter")
+    for name, cfg in generator.configs.items():
+        batch = cfg.get("batch_size")
+        if isinstance(batch, int) and batch % resources.workers:
+            path = "generator.config" if len(generator.configs) == 1 else f"generator.configs.{name}"
+            problems.add(f"{path}.batch_size", f"{batch} is not divisible by resources.workers={resources.workers} "
+                         "(the batch is global and split across workers)")
 
 
 # --- entry points ----------------------------------------------------------------------------------
@@ -604,6 +648,7 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
         problems.add("name", f"must be a name of letters, digits, '.', '_' or '-', got {name!r}")
     seed = _int(top, "seed", "", problems, default=0, minimum=0)
+    plugins = _plugins(top.get("plugins"), problems)
     description = top.get("description", "")
     if not isinstance(description, str):
         problems.add("description", "must be text")
@@ -618,13 +663,36 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     generator = _generator(top.get("generator"), factors, needs_generator, problems)
     statistics = _statistics(top.get("statistics"), factors, mixing, problems)
     resources = _resources(top.get("resources"), problems)
-    _cross_checks(factors, mixing, batch_size, generator, problems)
+    _cross_checks(factors, mixing, batch_size, generator, resources, problems)
     problems = [p.lstrip(".") if p.startswith(".") else p for p in problems]
     if problems:
         raise StudyError(problems, source)
     return Study(name=name, seed=seed, description=description.strip(), dataset=dataset, split=split,
                  factors=factors, exclude=exclude, segmenter=segmenter, generator=generator, mixing=mixing,
-                 statistics=statistics, resources=resources, source=source, batch_size=batch_size)
+                 statistics=statistics, resources=resources, source=source, batch_size=batch_size,
+                 plugins=plugins)
+
+
+def _plugins(raw: Any, problems: _Problems) -> tuple:
+    """Import the study's plugin modules (registry entries of the user's own), so that every
+    name below is checked against registries that hold them."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw):
+        problems.add("plugins", f"must be a list of module names, got {raw!r}")
+        return ()
+    for i, module in enumerate(raw):
+        try:
+            import_plugins([module])
+        except ImportError as err:
+            problems.add(f"plugins[{i}]", f"cannot import {module!r}: {err}")
+    return tuple(raw)
+
+
+def import_plugins(modules) -> None:
+    """Import each plugin module (each registers its entries once, on first import)."""
+    for module in modules:
+        importlib.import_module(module)
 
 
 def _safe_uses(mixing: MixingSection, level: Any) -> bool:

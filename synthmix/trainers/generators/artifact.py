@@ -1,46 +1,81 @@
 """A trained generator on disk: the folder a generator run leaves, and how to use it.
 
-Files of a complete artifact:
+Files of a complete artifact (tensors + JSON only: nothing in it is unpickled):
 
-- ``generator.pt``: family name, weights, config, image shape, num_classes, intensity
-  normalisation, final step (a dict; the family's ``load`` rebuilds the network from it);
-- ``pool.npz``: a SyntheticPool of ``pool_size`` samples (``SyntheticPool.load`` reads it);
-- ``quality.json``: SWD and nearest-neighbour distances, trained and untrained (quality.py);
-- ``samples.png``: a grid of samples, label colour-coded over the image;
+- ``generator.json``: family, its config, seed, the joint encoding (image channels, classes,
+  intensity normalisation), the shape fit (data slice size, model size), final step, and the
+  snapshot selection (every snapshot's score, the one kept);
+- ``weights.pt``: the sampling weights, a dict of tensors (``checkpoint.load_tensors``);
+- ``quality.json``: the quality figures (quality.py), trained vs untrained vs real;
+- ``samples.png`` and ``real.png``: a grid of samples and one of real training slices;
 - ``training_subjects.json``: the sorted subject ids the generator was trained on (rule 3).
 
-The folder is written under a temporary name and renamed when finished, so a folder that
-holds all five files is a finished artifact.
+Pools drawn from a generator are artifacts of their own (``pools.py``), so a new pool never
+retrains its generator. The folder is written under a temporary name and renamed when
+finished, so a folder that holds all files is a finished artifact.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from synthmix.datasets.arrays import SyntheticPool
 from synthmix.errors import SynthmixError
+from synthmix.trainers.checkpoint import load_tensors
+from synthmix.trainers.generators.encoding import JointEncoding, ShapeFit
+from synthmix.trainers.synthetic import Samples
 
-GENERATOR_FILE = "generator.pt"
-POOL_FILE = "pool.npz"
+SPEC_FILE = "generator.json"
+WEIGHTS_FILE = "weights.pt"
 QUALITY_FILE = "quality.json"
 SAMPLES_FILE = "samples.png"
+REAL_FILE = "real.png"
 SUBJECTS_FILE = "training_subjects.json"
-ARTIFACT_FILES = (GENERATOR_FILE, POOL_FILE, QUALITY_FILE, SAMPLES_FILE, SUBJECTS_FILE)
+ARTIFACT_FILES = (SPEC_FILE, WEIGHTS_FILE, QUALITY_FILE, SAMPLES_FILE, REAL_FILE, SUBJECTS_FILE)
 
 
-def missing_files(path: str | Path) -> list[str]:
+def missing_files(path: str | Path, files: tuple[str, ...] = ARTIFACT_FILES) -> list[str]:
     path = Path(path)
-    return [name for name in ARTIFACT_FILES if not (path / name).is_file()]
+    return [name for name in files if not (path / name).is_file()]
 
 
 def is_complete(path: str | Path) -> bool:
     """Whether ``path`` is a finished generator artifact."""
     return Path(path).is_dir() and not missing_files(path)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file synthmix wrote; anything else is an error naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SynthmixError(f"{path}: not a JSON file synthmix wrote ({err})") from None
+
+
+class ShapedSampler:
+    """A family's sampler seen at the data's slice size: masks in the data's shape are padded
+    to the model's, samples (and their per-pixel extras) are cropped back."""
+
+    def __init__(self, sampler, fit: ShapeFit):
+        self.sampler, self.fit = sampler, fit
+
+    def sample(self, n: int, *, seed: int, device: str | torch.device = "cpu",
+               masks: np.ndarray | None = None) -> Samples:
+        if masks is not None:
+            masks = self.fit.pad(np.zeros((len(masks), 1, *masks.shape[1:]), np.float32), masks)[1]
+        s = self.sampler.sample(n, seed=seed, device=device, masks=masks)
+        extras = {k: self.fit.crop(v) if v.ndim >= 3 else v for k, v in s.extras.items()}
+        return Samples(np.ascontiguousarray(self.fit.crop(s.images)),
+                       np.ascontiguousarray(self.fit.crop(s.labels)), extras)
 
 
 class GeneratorArtifact:
@@ -64,46 +99,79 @@ class GeneratorArtifact:
         return f"GeneratorArtifact({str(self.path)!r})"
 
     @cached_property
-    def state(self) -> dict:
-        """The contents of generator.pt (weights on CPU)."""
-        return torch.load(self.path / GENERATOR_FILE, map_location="cpu", weights_only=False)
+    def spec(self) -> dict:
+        """The contents of generator.json."""
+        return read_json(self.path / SPEC_FILE)
 
-    def _family(self):
-        from synthmix.trainers.generators import GENERATORS  # the registry imports this module
+    @property
+    def family_name(self) -> str:
+        return self.spec["family"]
 
-        return GENERATORS.get(self.state["family"])
+    @property
+    def encoding(self) -> JointEncoding:
+        return JointEncoding.from_dict(self.spec["encoding"])
 
-    def load_generator(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The trained network, in eval mode on ``device``, with ``sample(n, *, seed, device)``."""
-        return self._family().load(self.state, device, trained=True)
-
-    def untrained_sampler(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The same architecture with its initial (seeded, untrained) weights: the quality reference."""
-        return self._family().load(self.state, device, trained=False)
-
-    def sample(self, n: int, *, seed: int, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-        """n pairs: images (n, C, H, W) float32 in the training data's intensity space, labels
-        (n, H, W) int64 in [0, num_classes)."""
-        return self.load_generator(device).sample(n, seed=seed, device=device)
-
-    def pool(self) -> SyntheticPool:
-        return SyntheticPool.load(self.path / POOL_FILE)
+    @property
+    def fit(self) -> ShapeFit:
+        return ShapeFit.from_dict(self.spec["shape"])
 
     @property
     def num_classes(self) -> int:
-        return int(self.state["num_classes"])
+        return self.encoding.num_classes
+
+    def weights(self) -> dict:
+        weights = load_tensors(self.path / WEIGHTS_FILE)
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise SynthmixError(f"{self.path / WEIGHTS_FILE}: expected a dict of tensors")
+        return weights
+
+    def sampler(self, device: str | torch.device = "cpu", *, trained: bool = True) -> ShapedSampler:
+        """The trained sampler (``trained=False``: the same architecture with the initial
+        weights its seed gives, the quality reference), at the data's slice size."""
+        from synthmix.trainers.generators import GENERATORS  # the registry imports this module
+
+        family = GENERATORS.get(self.family_name)
+        config = family.config(self.spec["config"])
+        network = family.load(config, self.encoding, self.weights() if trained else None,
+                              seed=int(self.spec["seed"]), shape=tuple(self.fit.model), device=device)
+        return ShapedSampler(network, self.fit)
+
+    def sample(self, n: int, *, seed: int, device: str | torch.device = "cpu",
+               masks: np.ndarray | None = None) -> Samples:
+        return self.sampler(device).sample(n, seed=seed, device=device, masks=masks)
 
     @cached_property
     def quality(self) -> dict:
-        return json.loads((self.path / QUALITY_FILE).read_text())
+        return read_json(self.path / QUALITY_FILE)
 
     @cached_property
     def training_subjects(self) -> list[str]:
-        return json.loads((self.path / SUBJECTS_FILE).read_text())
+        return read_json(self.path / SUBJECTS_FILE)
+
+
+def write_artifact_folder(out_dir: Path, write: Callable[[Path], None], *,
+                          finished: Callable[[Path], bool] = is_complete) -> None:
+    """Call ``write(tmp)`` on a temporary sibling folder, then rename it into place, so a
+    folder at ``out_dir`` is always finished. A finished or empty folder already there (an
+    earlier attempt) is replaced; anything else is refused."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        write(tmp)
+        if out_dir.exists():
+            if not (out_dir.is_dir() and (finished(out_dir) or not any(out_dir.iterdir()))):
+                raise SynthmixError(f"{out_dir} exists and is not an artifact; refusing to overwrite it")
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_sample_grid(images: np.ndarray, labels: np.ndarray, path: str | Path, *, num_classes: int,
-                     ncols: int = 8) -> Path:
+                     ncols: int = 8, title: str = "samples") -> Path:
     """PNG of image+label pairs: per pair the bare image (first channel, grey) and the image
     with the label as a semi-transparent colour overlay plus outlines; a legend names the
     classes' colours. Grey levels share one range across the grid so samples compare."""
@@ -131,7 +199,7 @@ def save_sample_grid(images: np.ndarray, labels: np.ndarray, path: str | Path, *
             over.contour(labels[i], levels=np.arange(0.5, num_classes - 0.5), colors="white", linewidths=0.3)
     handles = [Patch(color=colours[(k - 1) % 10], label=f"class {k}") for k in range(1, num_classes)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)
-    fig.suptitle("samples: image | image with label overlay", fontsize=9)
+    fig.suptitle(f"{title}: image | image with label overlay", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / fig.get_figheight(),
                         bottom=0.35 / fig.get_figheight(), wspace=0.04, hspace=0.04)
     path = Path(path)
@@ -141,16 +209,17 @@ def save_sample_grid(images: np.ndarray, labels: np.ndarray, path: str | Path, *
 
 def write_samples(artifact_dir: str | Path, out: str | Path, *, n: int, seed: int, ncols: int = 8,
                   device: str | torch.device = "cpu") -> Path:
-    """Sample n pairs from an artifact into ``out``: a .png grid or a .npz SyntheticPool."""
+    """Sample n pairs from an artifact into ``out``: a .png grid or a .npz SyntheticPool. A
+    conditional family gets the masks of its training subset's pool of masks: use the pool."""
     out = Path(out)
     if out.suffix.lower() not in (".png", ".npz"):
         raise SynthmixError(f"{out}: output must end in .png (sample grid) or .npz (SyntheticPool)")
     artifact = GeneratorArtifact(artifact_dir)
-    images, labels = artifact.sample(n, seed=seed, device=device)
+    samples = artifact.sample(n, seed=seed, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".png":
-        return save_sample_grid(images, labels, out, num_classes=artifact.num_classes, ncols=ncols)
-    meta = {"generator": str(artifact.path), "seed": seed, "step": artifact.state.get("step"),
-            "family": artifact.state["family"], "num_classes": artifact.num_classes}
-    SyntheticPool(images, labels, meta=meta).save(out)
+        return save_sample_grid(samples.images, samples.labels, out, num_classes=artifact.num_classes, ncols=ncols)
+    meta = {"generator": str(artifact.path), "seed": seed, "step": artifact.spec.get("step"),
+            "family": artifact.family_name, "num_classes": artifact.num_classes}
+    SyntheticPool(samples.images, samples.labels, meta=meta).save(out)
     return out

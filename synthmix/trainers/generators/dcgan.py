@@ -1,9 +1,9 @@
-"""The joint image+label DCGAN of Neff et al. (003): networks, label encoding, sampling.
+"""``dcgan_wgangp``: the joint image+label DCGAN of Neff et al. (003), trained with WGAN-GP.
 
-The generator draws image and label map together as one multi-channel picture in [-1, 1]
-(tanh): the image channels first, then the label channels. The critic judges such pairs. The
-label map is one channel per class (one-hot scaled to [-1, 1]) for more than two classes, or a
-single channel in [-1, 1] for a binary label, which sampling thresholds at 0 as 003 does.
+The generator draws image and label map together as one joint picture in [-1, 1] (tanh; the
+layout is the shared ``encoding.JointEncoding``). The critic judges such pairs. This module
+holds only what is the family's: its options, networks and training loop; the session, the
+artifact, snapshots, quality and pools are shared (see ``generators/__init__``).
 
 Written by hand rather than taken from MONAI: MONAI has no DCGAN generator/critic pair whose
 depth follows the resolution, and the network is a few lines. Following 003: DCGAN layout,
@@ -17,9 +17,19 @@ LeakyReLU(0.2).
 
 from __future__ import annotations
 
-import numpy as np
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from synthmix.errors import StudyError
+from synthmix.trainers.generators import GeneratorData, GeneratorFamily
+from synthmix.trainers.generators.encoding import JointEncoding, label_channels
+from synthmix.trainers.generators.samplers import NoiseSampler
+from synthmix.trainers.generators.session import GeneratorSession
+from synthmix.trainers.generators.wgan import gradient_penalty
 
 SIZES = (32, 64, 128, 256)
 
@@ -111,119 +121,6 @@ class Critic(nn.Module):
         return self.net(x).squeeze(1)
 
 
-# ---- label and intensity encoding -------------------------------------------------------------
-
-def label_channels(num_classes: int) -> int:
-    """One channel per class for K > 2, a single channel for a binary label."""
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    return 1 if num_classes == 2 else num_classes
-
-
-def encode_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, H, W) int -> (N, L, H, W) float in [-1, 1]."""
-    if num_classes == 2:
-        return labels.unsqueeze(1).float() * 2 - 1
-    onehot = nn.functional.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()
-    return onehot * 2 - 1
-
-
-def decode_labels(channels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, L, H, W) float -> (N, H, W) int64: threshold at 0 (binary) or argmax over classes."""
-    if num_classes == 2:
-        return (channels[:, 0] > 0).long()
-    return channels.argmax(dim=1)
-
-
-class IntensityMap:
-    """Per-channel affine map between the data's normalised space and the tanh range [-1, 1].
-
-    The tanh output cannot reach z-scored values beyond +-1, so the generator works on the
-    training images rescaled channel-wise from [low, high] to [-1, 1] and clipped there;
-    samples are mapped back, so callers see the same intensity space as the SliceSet they gave.
-    ``fit`` takes low/high as robust percentiles (0.5, 99.5 by default) rather than min/max: a
-    few very bright voxels (z-scores near 8 on the phantom) would otherwise squeeze all tissue
-    into a small part of the tanh range.
-    """
-
-    PERCENTILES = (0.5, 99.5)
-
-    def __init__(self, low: list[float], high: list[float]):
-        self.low = [float(v) for v in low]
-        self.high = [float(h) if h > l else float(l) + 1.0 for l, h in zip(self.low, high)]
-
-    @classmethod
-    def fit(cls, images: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> "IntensityMap":
-        low, high = np.percentile(images, percentiles, axis=(0, 2, 3))
-        return cls(low.tolist(), high.tolist())
-
-    def _affine(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        low = torch.tensor(self.low, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-        high = torch.tensor(self.high, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-        return low, high
-
-    def to_tanh(self, images: torch.Tensor) -> torch.Tensor:
-        low, high = self._affine(images)
-        return ((images - low) / (high - low) * 2 - 1).clamp(-1, 1)
-
-    def from_tanh(self, x: torch.Tensor) -> torch.Tensor:
-        low, high = self._affine(x)
-        return (x + 1) / 2 * (high - low) + low
-
-    def to_dict(self) -> dict:
-        return {"kind": "per-channel percentiles of the training images mapped to [-1, 1], clipped",
-                "low": self.low, "high": self.high}
-
-
-def encode_pairs(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 intensity: IntensityMap) -> torch.Tensor:
-    """Image (N, C, H, W) + label (N, H, W) -> joint picture (N, C + L, H, W) in [-1, 1]."""
-    return torch.cat([intensity.to_tanh(images.float()), encode_labels(labels, num_classes)], dim=1)
-
-
-# ---- sampling ----------------------------------------------------------------------------------
-
-class JointSampler(nn.Module):
-    """A generator plus what it takes to turn its output into (image, integer label) pairs.
-
-    ``sample`` is the contract every generator family's loaded module offers to
-    GeneratorArtifact: ``sample(n, *, seed, device) -> (images (n, C, H, W) float32 numpy in the
-    data's intensity space, labels (n, H, W) int64 numpy)``.
-    """
-
-    def __init__(self, generator: Generator, *, image_channels: int, num_classes: int,
-                 intensity: IntensityMap, batch_size: int = 64):
-        super().__init__()
-        self.generator = generator
-        self.image_channels = image_channels
-        self.num_classes = num_classes
-        self.intensity = intensity
-        self.batch_size = batch_size
-
-    def decode(self, joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.intensity.from_tanh(joint[:, : self.image_channels].float())
-        return images, decode_labels(joint[:, self.image_channels:], self.num_classes)
-
-    @torch.no_grad()
-    def sample(self, n: int, *, seed: int, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-        """n pairs, drawn in batches from latent vectors of a CPU torch.Generator seeded with
-        ``seed`` (the same seed gives the same pairs on any device). Batch norm runs on its
-        running statistics (eval mode), so a sample does not depend on its batch-mates."""
-        if n <= 0:
-            raise ValueError(f"number of samples must be positive, got {n}")
-        was_training = self.generator.training
-        self.generator.eval().to(device)
-        noise = torch.Generator().manual_seed(int(seed))
-        images, labels = [], []
-        for start in range(0, n, self.batch_size):
-            z = torch.randn(min(self.batch_size, n - start), self.generator.latent_dim, generator=noise)
-            img, lab = self.decode(self.generator(z.to(device)))
-            images.append(img.cpu().numpy().astype(np.float32))
-            labels.append(lab.cpu().numpy().astype(np.int64))
-        self.generator.train(was_training)
-        return np.concatenate(images), np.concatenate(labels)
-
-
 def build_generator(*, latent_dim: int, image_channels: int, num_classes: int, size: int,
                     base_filters: int, seed: int, upsampling: str = "resize") -> Generator:
     """The generator with the initial weights that ``seed`` gives (global RNG left untouched)."""
@@ -241,17 +138,163 @@ def build_critic(*, image_channels: int, num_classes: int, size: int, base_filte
                       base_filters=base_filters)
 
 
-def load_sampler(state: dict, device: str | torch.device = "cpu", *, trained: bool = True) -> JointSampler:
-    """Rebuild the sampler from an artifact's ``generator.pt`` dict; ``trained=False`` gives the
-    same architecture with the initial weights its seed gives (the untrained reference)."""
-    config, (channels, size, _) = state["config"], state["image_shape"]
-    generator = build_generator(latent_dim=config["latent_dim"], image_channels=channels,
-                                num_classes=state["num_classes"], size=size,
-                                base_filters=config["base_filters"], seed=config["seed"],
-                                upsampling=config["upsampling"])
-    if trained:
-        generator.load_state_dict(state["weights"])
-    intensity = IntensityMap(state["normalisation"]["low"], state["normalisation"]["high"])
-    sampler = JointSampler(generator, image_channels=channels, num_classes=state["num_classes"],
-                           intensity=intensity)
-    return sampler.to(device).eval()
+
+
+# ---- options -------------------------------------------------------------------------------------
+
+# 003's own WGAN-GP setting, for a GPU and ~10000 generator steps.
+PAPER_SETTINGS = dict(lr=1e-4, betas=(0.5, 0.9), n_critic=5, gp_lambda=10.0, steps=10000)
+
+
+@dataclass(frozen=True)
+class DCGANConfig:
+    """The family's options, defaulting to a budget a CPU core can afford.
+
+    003 trains with Adam lr 1e-4, betas (0.5, 0.9), 5 critic steps per generator step for
+    10000 generator steps (``PAPER_SETTINGS``). On the phantom that learns nothing in the
+    100-300 steps a CPU allows, so the defaults keep 003's loss, penalty (lambda 10) and betas
+    but take 10x the learning rate and 2 critic steps per generator step, which gave
+    head-shaped pairs in 250 steps (benchmarks/generator_acceptance.py). ``steps`` counts
+    generator steps; ``batch_size`` is global (split across workers). ``upsampling`` "resize"
+    avoids the checkerboard of DCGAN's "transpose"; ``skip_empty`` trains on slices with a
+    foreground label only.
+    """
+
+    latent_dim: int = 128
+    base_filters: int = 16
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.9)
+    n_critic: int = 2
+    gp_lambda: float = 10.0
+    checkpoint_every: int = 100
+    amp: bool = False
+    upsampling: str = "resize"
+    skip_empty: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("latent_dim", "base_filters", "steps", "batch_size", "n_critic", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name}: must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            problems.append(f"lr: must be positive, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas: must be two numbers in [0, 1), got {self.betas!r}")
+        if self.upsampling not in UPSAMPLING:
+            problems.append(f"upsampling: must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
+        if not isinstance(self.skip_empty, bool):
+            problems.append(f"skip_empty: must be true or false, got {self.skip_empty!r}")
+        if self.gp_lambda < 0:
+            problems.append(f"gp_lambda: must be >= 0, got {self.gp_lambda!r}")
+        if problems:
+            raise StudyError(problems, source="generator config")
+
+
+MOVED = {"pool_size": "generator.pool.size", "quality_samples": "generator.quality.samples",
+         "seed": "the study's seed (each generator derives its own)"}
+
+
+def build_config(d: dict) -> DCGANConfig:
+    """A DCGANConfig from a (YAML) dict; unknown keys are rejected by name."""
+    known = {f.name for f in dataclasses.fields(DCGANConfig)}
+    problems = [f"{k}: moved to {MOVED[k]}" for k in d if k in MOVED]
+    problems += [f"{k}: unknown dcgan_wgangp option (known: {', '.join(sorted(known))})"
+                 for k in sorted(set(d) - known - set(MOVED))]
+    if problems:
+        raise StudyError(problems, source="generator config")
+    values = dict(d)
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    return DCGANConfig(**values)
+
+
+def fit_shape(h: int, w: int) -> tuple[int, int]:
+    """The smallest supported square that holds an h x w slice."""
+    for size in SIZES:
+        if size >= max(h, w):
+            return size, size
+    raise ValueError(f"slices of {h}x{w} exceed the largest DCGAN size {SIZES[-1]}; "
+                     f"set dataset.preprocess.resize (or crop) to at most {SIZES[-1]}x{SIZES[-1]}")
+
+
+def cost(config: DCGANConfig, shape: tuple[int, int]) -> float:
+    """Seconds on one CPU core: (1 + n_critic) updates per step, each ~2.4 s per million
+    batch x pixel samples (measured: 300 steps at 32x32 in 36 s, at 64x64 in 282 s)."""
+    return config.steps * (1 + config.n_critic) * config.batch_size * shape[0] * shape[1] / 1e6 * 2.4
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+def _networks(config: DCGANConfig, encoding: JointEncoding, size: int, seed: int) -> tuple[Generator, Critic]:
+    shape = dict(image_channels=encoding.image_channels, num_classes=encoding.num_classes, size=size,
+                 base_filters=config.base_filters, seed=seed)
+    return (build_generator(latent_dim=config.latent_dim, upsampling=config.upsampling, **shape),
+            build_critic(**shape))
+
+
+def _training_rows(data: GeneratorData, skip_empty: bool):
+    real = data.labelled
+    if not skip_empty:
+        return real.images, real.labels
+    keep = real.labels.reshape(len(real), -1).max(axis=1) > 0
+    if not keep.any():
+        from synthmix.errors import DataError
+
+        raise DataError("generator training data has no slice with a foreground label; "
+                        "set generator.config.skip_empty to false")
+    return real.images[keep], real.labels[keep]
+
+
+def train(config: DCGANConfig, data: GeneratorData, encoding: JointEncoding,
+          session: GeneratorSession) -> dict:
+    """Alternate ``n_critic`` critic steps (Wasserstein loss + gradient penalty) with one
+    generator step; every batch is drawn from ``data.labelled`` only (rule 3)."""
+    ctx, device = session.context, session.device
+    images, labels = _training_rows(data, config.skip_empty)
+    joint = encoding.encode(torch.from_numpy(images), torch.from_numpy(labels)).to(device)
+    generator_module, critic_module = _networks(config, encoding, images.shape[-1], session.seed)
+    generator = ctx.prepare_model(generator_module.to(device))
+    critic = ctx.prepare_model(critic_module.to(device))
+    adam = dict(lr=config.lr, betas=tuple(config.betas))
+    opt_g, opt_c = torch.optim.Adam(generator.parameters(), **adam), torch.optim.Adam(critic.parameters(), **adam)
+    session.resume(models={"generator": generator, "critic": critic},
+                   optimizers={"generator": opt_g, "critic": opt_c})
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if config.amp and device.type == "cuda" \
+        else contextlib.nullcontext  # bfloat16: no loss scaling through the penalty's double backward
+    batch = config.batch_size
+    while session.step < config.steps:
+        for _ in range(config.n_critic):
+            real = session.batch(joint, batch)
+            z, alpha = session.randn(batch, config.latent_dim), session.rand(batch, 1, 1, 1)
+            with torch.no_grad(), autocast():
+                fake = generator(z).float()
+            with autocast():
+                s_real, s_fake, penalty = gradient_penalty(critic, real, fake, alpha)
+            wasserstein = s_real.mean() - s_fake.mean()
+            critic_loss = -wasserstein + config.gp_lambda * penalty
+            opt_c.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            opt_c.step()
+        with autocast():
+            generator_loss = -critic(generator(session.randn(batch, config.latent_dim))).float().mean()
+        opt_g.zero_grad(set_to_none=True)
+        generator_loss.backward()
+        opt_g.step()
+        session.end_step({"critic_loss": critic_loss.item(), "generator_loss": generator_loss.item(),
+                          "wasserstein": wasserstein.item()}, weights=generator_module.state_dict)
+    return generator_module.state_dict()
+
+
+def load(config: DCGANConfig, encoding: JointEncoding, weights: dict | None, *, seed: int,
+         shape: tuple[int, int], device: str | torch.device = "cpu") -> NoiseSampler:
+    """The sampler for ``weights`` (None: the initial weights ``seed`` gives)."""
+    generator, _ = _networks(config, encoding, shape[0], seed)
+    if weights is not None:
+        generator.load_state_dict(weights)
+    return NoiseSampler(generator, latent_dim=config.latent_dim, encoding=encoding).to(device).eval()
+
+
+FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost)

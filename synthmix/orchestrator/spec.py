@@ -1,0 +1,93 @@
+"""The typed cell spec: everything one Ray Tune trial needs, built once from the plan.
+
+``build_cell_specs`` turns a Plan into one ``CellSpec`` per pending cell; Tune carries it as
+``spec.to_dict()`` (plain JSON values) and the trial rebuilds it with ``CellSpec.from_dict``.
+Every stage reads its typed part: the generator training its ``GeneratorJob``, the pool its
+``PoolJob``, the segmentation its split and segmenter config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+
+from synthmix.search_spaces.expand import Cell, GeneratorJob, Plan, PoolJob
+from synthmix.search_spaces.schema import Study
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    manifest: str
+    phantom: dict | None
+    preprocess: dict
+
+
+@dataclass(frozen=True)
+class SplitSubjects:
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    n_pool: int        # labelled subjects neither test nor validation: what the subset is drawn from
+    unlabelled: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    root: str
+    study: str
+    factors: tuple[str, ...]
+    cell: Cell
+    data: DataSpec
+    split: SplitSubjects
+    generator: GeneratorJob | None
+    pool: PoolJob | None
+    segmenter: dict
+    mixing: dict
+    scaling: dict
+    max_failures: int
+    plugins: tuple[str, ...] = ()
+
+    @property
+    def cell_id(self) -> str:
+        return self.cell.cell_id
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CellSpec":
+        d = dict(d)
+        gen, pool = d.pop("generator"), d.pop("pool")
+        return cls(cell=Cell(**d.pop("cell")), data=DataSpec(**d.pop("data")),
+                   split=SplitSubjects(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("split").items()}),
+                   generator=_tuples(GeneratorJob, gen) if gen else None,
+                   pool=PoolJob(**pool) if pool else None,
+                   factors=tuple(d.pop("factors")), plugins=tuple(d.pop("plugins", ())), **d)
+
+
+def _tuples(cls, d: dict):
+    """A frozen dataclass from JSON, lists back to the tuples its fields declare."""
+    names = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}
+    return cls(**{k: tuple(v) if k in names else v for k, v in d.items()})
+
+
+def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> list[CellSpec]:
+    """One spec per cell of ``cells`` (cells of ``plan``)."""
+    r = study.resources
+    scaling = {"workers": r.workers, "cpus_per_worker": r.cpus_per_worker, "gpus_per_worker": r.gpus_per_worker}
+    data = DataSpec(manifest=str(plan.manifest), preprocess=dict(study.dataset.preprocess),
+                    phantom=asdict(study.dataset.phantom) if study.dataset.phantom else None)
+    specs = []
+    for c in cells:
+        split = plan.splits.get(c.fold, c.repeat, c.amount)
+        segmenter = {**study.segmenter_config(c.factors.get("architecture", "unet"),
+                                              c.factors.get("augmentation", "none")), "seed": c.seed}
+        specs.append(CellSpec(
+            root=root, study=study.name, factors=tuple(study.factors), cell=c, data=data,
+            split=SplitSubjects(train=tuple(split.train), val=tuple(split.val), test=tuple(split.test),
+                                n_pool=len(getattr(split, "pool", ()) or ()), unlabelled=tuple(split.unlabelled)),
+            generator=plan.generator_jobs.get(c.generator_key) if c.generator_key else None,
+            pool=plan.pool_jobs.get(c.pool_key) if c.pool_key else None,
+            segmenter=segmenter, mixing={"policy": study.mixing.policy, "source": study.mixing.source},
+            scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins)))
+    return specs
