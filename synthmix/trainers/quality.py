@@ -246,3 +246,55 @@ def generator_quality(artifact_or_sampler, real: SliceSet, *, seed: int, n: int 
                           "on image channels + one-hot label channels",
         "nn_definition": "mean L2 distance from each sample image to its nearest training image",
     }
+
+
+# ----# ---- TEMPORARY shims for the generator platform until the quality helper's branch lands ----
+
+def swd_against(samples, real: SliceSet, *, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    ri, rl = _sample_real(real, len(samples.images), rng)
+    return sliced_wasserstein_distance(joint_pictures(ri, rl, real.num_classes),
+                                       joint_pictures(samples.images, samples.labels, real.num_classes), seed=seed)
+
+
+def train_reference_segmenter(real: SliceSet, *, seed: int, steps: int, device="cpu"):
+    from synthmix.trainers.networks import NETWORKS
+
+    torch.manual_seed(seed)
+    net = NETWORKS.get("unet")(in_channels=real.images.shape[1], num_classes=real.num_classes, levels=3).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.integers(0, len(real), 8)
+        x = torch.as_tensor(real.images[idx], device=device)
+        y = torch.as_tensor(real.labels[idx], device=device)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def fcn_score(model, samples, *, device="cpu") -> dict:
+    pred = model(torch.as_tensor(samples.images, device=device)).argmax(1).cpu().numpy()
+    k = int(max(pred.max(), samples.labels.max())) + 1
+    dice = []
+    for c in range(1, k):
+        a, b = pred == c, samples.labels == c
+        if a.sum() + b.sum():
+            dice.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+    return {"dice_mean": float(np.mean(dice)) if dice else 0.0}
+
+
+def quality_report(sample, real: SliceSet, *, seed: int, n: int, untrained=None, val=None,
+                   reference_segmenter=None, device="cpu") -> dict:
+    class _S:
+        def __init__(self, f):
+            self.f = f
+
+        def sample(self, n, *, seed, device="cpu"):
+            s = self.f(n, seed)
+            return s.images, s.labels
+    out = generator_quality(_S(sample), real, seed=seed, n=n, untrained=_S(untrained), device=device)
+    if reference_segmenter is not None:
+        out["fcn_score"] = fcn_score(reference_segmenter, sample(n, seed), device=device)["dice_mean"]
+    return out
