@@ -113,26 +113,26 @@ def test_generator_is_published_and_cached_by_its_marker(s3_env, tmp_path: Path)
     store = StudyStore.open("gens", f"s3://{BUCKET}/store-unit")
     trained = tmp_path / "trained"
     trained.mkdir()
-    for name, data in {"generator.pt": b"weights-1", "quality.json": b'{"swd": 0.5}'}.items():
+    for name, data in {"weights.pt": b"weights-1", "quality.json": b'{"swd": 0.5}'}.items():
         (trained / name).write_bytes(data)
     assert not store.generator_complete("k1")
     with pytest.raises(SynthmixError, match="not complete"):
-        store.local_generator("k1")
+        store.local_artifact("generators", "k1")
 
-    store.publish_generator("k1", trained)
+    store.publish_artifact("generators", "k1", trained)
     assert store.generator_complete("k1") and store.generator_quality("k1") == {"swd": 0.5}
     marker = json.loads((store.generator_dir("k1") / COMPLETE_MARKER).read_text())
-    assert sorted(marker["files"]) == ["generator.pt", "quality.json"]
+    assert sorted(marker["files"]) == ["quality.json", "weights.pt"]
 
-    local = store.local_generator("k1")
+    local = store.local_artifact("generators", "k1")
     assert local.parent == Path(s3_env["SYNTHMIX_CACHE"]) / "gens" / "generators"
-    assert (local / "generator.pt").read_bytes() == b"weights-1"
-    assert store.local_generator("k1") == local  # the cached copy is reused ...
-    (store.generator_dir("k1") / "generator.pt").write_bytes(b"weights-2")
-    assert (local / "generator.pt").read_bytes() == b"weights-1"  # ... while the marker matches
-    (trained / "generator.pt").write_bytes(b"weights-2")
-    store.publish_generator("k1", trained)  # a new marker: the copy is replaced
-    assert (store.local_generator("k1") / "generator.pt").read_bytes() == b"weights-2"
+    assert (local / "weights.pt").read_bytes() == b"weights-1"
+    assert store.local_artifact("generators", "k1") == local  # the cached copy is reused ...
+    (store.generator_dir("k1") / "weights.pt").write_bytes(b"weights-2")
+    assert (local / "weights.pt").read_bytes() == b"weights-1"  # ... while the marker matches
+    (trained / "weights.pt").write_bytes(b"weights-2")
+    store.publish_artifact("generators", "k1", trained)  # a new marker: the copy is replaced
+    assert (store.local_artifact("generators", "k1") / "weights.pt").read_bytes() == b"weights-2"
 
 
 @pytest.mark.parametrize("uri", ["s3://AKIAX:hunter2@bucket/prefix", "s3://bucket/prefix?secret_key=hunter2",

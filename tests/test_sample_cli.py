@@ -9,7 +9,9 @@ import torch
 from synthmix.cli import main
 from synthmix.datasets.arrays import SliceSet, SyntheticPool
 from synthmix.trainers.context import LocalContext
-from synthmix.trainers.generators.training import GeneratorConfig, train_generator
+from synthmix.trainers.generators import GeneratorData
+from synthmix.trainers.generators.flow import GeneratorSpec, train_generator
+from test_generator_platform import plant_pickle
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +24,10 @@ def artifact_dir(tmp_path_factory):
     images = (labels[:, None] * 2.0 - 1 + rng.normal(0, 0.1, (6, 1, 32, 32))).astype(np.float32)
     data = SliceSet(images, labels, np.array(["a"] * 3 + ["b"] * 3), np.tile(np.arange(3), 2),
                     {"a": (1.0, 1.0, 1.0), "b": (1.0, 1.0, 1.0)}, 2)
-    config = GeneratorConfig(steps=2, checkpoint_every=2, latent_dim=8, base_filters=4, batch_size=4, n_critic=1,
-                             pool_size=4, quality_samples=4)
+    spec = GeneratorSpec(key="k", name="dcgan_wgangp", seed=0, quality={"samples": 4, "reference_steps": 2},
+                         config=dict(steps=2, checkpoint_every=2, latent_dim=8, base_filters=4, batch_size=4, n_critic=1))
     try:
-        train_generator(config, data, LocalContext(checkpoint_root=root / "ckpt"), root / "gen")
+        train_generator(spec, GeneratorData(data), LocalContext(checkpoint_root=root / "ckpt"), root / "gen")
     finally:
         torch.set_num_threads(before)
     return root / "gen"
@@ -55,9 +57,21 @@ def test_sample_refuses_a_folder_that_is_not_an_artifact(artifact_dir, tmp_path,
     assert "nowhere" in capsys.readouterr().err
     partial = tmp_path / "partial"
     partial.mkdir()
-    (partial / "generator.pt").write_bytes((artifact_dir / "generator.pt").read_bytes())
+    (partial / "weights.pt").write_bytes((artifact_dir / "weights.pt").read_bytes())
     assert main(["sample", str(partial), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
-    assert "partial" in err and "pool.npz" in err and "not a complete generator artifact" in err
+    assert "partial" in err and "generator.json" in err and "not a complete generator artifact" in err
     assert main(["sample", str(artifact_dir), "--out", str(tmp_path / "g.jpg")]) == 2
     assert ".png" in capsys.readouterr().err
+
+
+def test_sample_refuses_a_planted_pickle_and_never_runs_it(artifact_dir, tmp_path, capsys):
+    import shutil
+
+    bad, target = tmp_path / "bad", tmp_path / "pwned"
+    shutil.copytree(artifact_dir, bad)
+    plant_pickle(bad / "weights.pt", target)
+    assert main(["sample", str(bad), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "weights.pt" in err and "not a tensor file" in err
+    assert not target.exists()

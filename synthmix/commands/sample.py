@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained generator (PNG grid or .npz pool)")
-    p.add_argument("generator_dir", type=Path, help="a generator artifact folder (holds generator.pt)")
+    p.add_argument("generator_dir", type=Path, help="a generator artifact folder (holds generator.json and weights.pt)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", type=Path, required=True,
                    help="grid.png for a picture, or pool.npz for a SyntheticPool of arrays")
