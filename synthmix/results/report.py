@@ -27,8 +27,8 @@ table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;paddi
 th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;overflow-x:auto}img{max-width:100%}
 .sig{font-weight:bold}"""
 
-_COMPARISON_COLUMNS = ["n", "mean", "std", "baseline_mean", "diff", "ci_low", "ci_high", "cohens_d",
-                       "test", "p_value", "p_adjusted", "significant"]
+_COMPARISON_COLUMNS = ["n", "mean", "std", "baseline_mean", "diff", "ci_low", "ci_high", "cohens_d_pooled",
+                       "cohens_dz", "test", "p_value", "p_adjusted", "significant"]
 
 
 def write_report(source: str, out: str | Path, *, storage: str | None = None, metric: str = "dice_mean",

@@ -16,7 +16,7 @@ import pandas as pd
 def simulate_results(*, factors: dict[str, list], folds: int = 3, repeats: int = 2,
                      effects: dict[str, dict] | None = None, base: float = 0.8,
                      pair_sd: float = 0.02, noise_sd: float = 0.01, n_train_subjects: int = 12,
-                     n_test_subjects: int = 6, study: str = "simulated", seed: int = 0) -> pd.DataFrame:
+                     n_pool_subjects: int = 12, n_test_subjects: int = 6, study: str = "simulated", seed: int = 0) -> pd.DataFrame:
     """One row per (factor combination, fold, repeat), in the results-row layout.
 
     Args:
@@ -40,7 +40,7 @@ def simulate_results(*, factors: dict[str, list], folds: int = 3, repeats: int =
             records.append({"study": study, "cell_id": _cell_id(levels, fold, repeat), **levels,
                             "fold": fold, "repeat": repeat, "schema_version": 1,
                             "dice_mean": base + shift + s + e, "n_train_subjects": n_train_subjects,
-                            "n_test_subjects": n_test_subjects})
+                            "n_pool_subjects": n_pool_subjects, "n_test_subjects": n_test_subjects})
     return pd.DataFrame.from_records(records)
 
 
