@@ -224,4 +224,5 @@ def _subtitle(analysis: Analysis, kind: str) -> str:
             f"test, {analysis.correction} correction, \u03b1={analysis.alpha:g}")
     if kind == "line":
         return f"{analysis.metric}: {band}\nfilled markers: significant {test}"
-    return f"{analysis.metric}: * significant, n.s. not significantly different\n{test}"
+    over = " (boxes over test subjects)" if analysis.unit == "subjects" else ""
+    return f"{analysis.metric}{over}: * significant, n.s. not significantly different\n{test}"
