@@ -62,7 +62,7 @@ A fully commented example (every section; defaults noted)::
       alpha: 0.05
       baseline: {synthetic: 0}     # default: the synthetic level that uses no synthetic data
     resources:
-      workers: 1                   # Ray Train workers per training
+      workers: 1                   # Ray Train workers per training (in the fingerprint)
       cpus_per_worker: 1
       gpus_per_worker: 0
       max_concurrent_trials: null  # null: derived from the cluster
