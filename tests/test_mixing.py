@@ -140,3 +140,36 @@ def test_canonical_levels_and_batch_size_check():
     assert minibatch.check("8-8", batch_size=16, source="pool") == []
     assert "adds up to 12" in minibatch.check("8-4", batch_size=16, source="pool")[0]
     assert MIXING_POLICIES.names() == ["additive", "count", "minibatch", "probability", "synthetic_only"]
+
+
+@pytest.mark.parametrize("policy, level, m", [("additive", 0.5, 20), ("count", 30, 30)])
+def test_fresh_draws_use_the_whole_pool_at_the_same_share(policy, level, m):
+    """fixed: the first m pool samples; fresh: uniform over the whole pool, same expected share."""
+    entry = MIXING_POLICIES.get(policy)
+    fixed = _draw(entry.build_sampler(level, real=_real(), synthetic=_pool(), batch_size=16), batches=600)
+    fresh = _draw(entry.build_sampler(level, real=_real(), synthetic=_pool(), batch_size=16, draw="fresh"),
+                  batches=600)
+    for values in (fixed, fresh):
+        _assert_proportion(values, m / (N_REAL + m))
+    assert set((-fixed[fixed < 0]).astype(int)) == set(range(1, m + 1))
+    assert set((-fresh[fresh < 0]).astype(int)) == set(range(1, N_POOL + 1))
+    # A pool smaller than m is fine when fresh: the level is a share, not a count of samples.
+    small = SyntheticPool(images=_pool().images[:10], labels=_pool().labels[:10])
+    values = _draw(entry.build_sampler(level, real=_real(), synthetic=small, batch_size=16, draw="fresh"))
+    _assert_proportion(values, m / (N_REAL + m))
+
+
+@pytest.mark.parametrize("policy, level, share", [
+    ("additive", 1.0, 0.5), ("additive", 0, 1.0), ("count", 40, 0.5), ("probability", "3:1", 0.75),
+    ("minibatch", "12-4", 0.75), ("minibatch", "0-16", 0.0), ("synthetic_only", 5, 0.0),
+    ("synthetic_only", 0, 1.0)])
+def test_samplers_count_their_real_and_synthetic_draws(policy, level, share):
+    entry = MIXING_POLICIES.get(policy)
+    assert entry.real_share(level, n_real=N_REAL, batch_size=16) == pytest.approx(share)
+    sampler = entry.build_sampler(level, real=_real(), synthetic=_pool(), batch_size=16)
+    assert sampler.real_share == pytest.approx(share)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        images, _ = sampler.sample(16, rng)
+        real, synthetic = sampler.last_draws
+        assert (real, synthetic) == (int((images[:, 0, 0, 0] > 0).sum()), int((images[:, 0, 0, 0] < 0).sum()))

@@ -43,7 +43,7 @@ def test_report_holds_table_tests_plots_and_generators(tmp_path: Path, capsys) -
     assert str(out) in capsys.readouterr().out
     page = out.read_text()
     assert "synthmix study tiny" in page and "dice_mean: mean (std)" in page
-    assert "Comparisons with the baseline" in page and "p_adjusted" in page and "cohens_d" in page
+    assert "Comparisons with the baseline" in page and "p_adjusted" in page and "cohens_d_pooled" in page
     images = page.count("data:image/png;base64,")
     assert images == 3  # line plot, box plot, one sample grid
     sample = base64.b64encode((root / "artifacts/generators/key123/samples.png").read_bytes()).decode()

@@ -93,7 +93,9 @@ def test_json_fields_and_p_values_match_scipy(study: Path, capsys) -> None:
     rows = rows.loc[rows["architecture"] == "unet"].drop(index=MISSING_ROW, errors="ignore")
     for r in compared:
         assert set(r) >= {"n", "mean", "std", "baseline_n", "baseline_mean", "diff", "ci_low",
-                          "ci_high", "cohens_d", "test", "p_value", "p_adjusted", "significant"}
+                          "ci_high", "cohens_d_pooled", "cohens_dz", "test", "p_value", "p_adjusted",
+                          "significant", "ci_level", "ci_adjusted"}
+        assert r["ci_adjusted"] is False and r["cohens_dz"] is None  # welch is unpaired: no d_z
         x = rows.loc[(rows.real_fraction == r["real_fraction"]) & (rows.synthetic == 0.5), "dice_mean"]
         y = rows.loc[(rows.real_fraction == r["real_fraction"]) & (rows.synthetic == 0), "dice_mean"]
         assert r["p_value"] == pytest.approx(stats.ttest_ind(x, y, equal_var=False).pvalue, abs=1e-10)
@@ -137,7 +139,48 @@ def test_a_foreign_csv_without_fold_or_repeat(tmp_path: Path, capsys) -> None:
     assert "Welch t-test; auto: no fold/repeat columns to pair on" in out
     code, _, err = _run(capsys, str(path), "--rows", "synthetic", "--cols", "real_fraction,method",
                         "--test", "paired")
-    assert code != 0 and "neither column" in err
+    assert code != 0 and "match rows on fold and repeat, but the rows have no such column" in err
+
+
+def test_corrected_test_of_a_5_fold_csv_uses_the_pool(tmp_path: Path, capsys) -> None:
+    """t = mean(d) / sqrt((1/J + n_test/n_pool) var(d)), J - 1 df, with n_pool the split's pool
+    (not the 1-subject subset each cell trained on)."""
+    rng = np.random.default_rng(2)
+    base = 0.7 + rng.normal(0, 0.02, 5)
+    d = np.array([0.031, 0.024, 0.035, 0.029, 0.027])
+    rows = [{"real_count": 1, "synthetic": s, "fold": f, "repeat": 0, "dice_mean": v,
+             "n_train_subjects": 1, "n_pool_subjects": 24 + (f % 2), "n_test_subjects": 7 + (f == 0)}
+            for s, values in ((0, base), (1, base + d)) for f, v in enumerate(values)]
+    path = tmp_path / "folds.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    code, out, err = _run(capsys, str(path), "--test", "corrected", "--format", "json")
+    assert code == 0, err
+    (record,) = [r for r in json.loads(out) if not r["baseline"]]
+    ratio = np.mean([r["n_test_subjects"] / r["n_pool_subjects"] for r in rows])
+    t = d.mean() / np.sqrt((1 / 5 + ratio) * d.var(ddof=1))
+    assert record["statistic"] == pytest.approx(t, abs=1e-10)
+    assert record["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 4), abs=1e-10)
+    assert record["df"] == 4 and record["n_pairs"] == 5
+    assert record["p_value"] < 0.01  # a consistent +3 Dice over 5 folds is significant at count 1
+
+
+def test_a_foreign_row_in_results_is_left_out_and_named(study: Path, capsys) -> None:
+    before = read_results(study)
+    foreign = before.rows.iloc[[0]].assign(cell_id="rf0.1-syn0-unet-f0-r0-deadbeef", dice_mean=0.1)
+    foreign.to_parquet(study / "results" / "rf0.1-syn0-unet-f0-r0-deadbeef.parquet", index=False)
+    after = read_results(study)
+    assert len(after.rows) == len(before.rows)
+    assert "deadbeef" not in set(after.rows["cell_id"])
+    code, out, _ = _run(capsys, str(study), "--where", "architecture=unet")
+    assert code == 0
+    assert ("1 row(s) of cells not in plan.json left out (from another plan, e.g. before the data "
+            "changed): rf0.1-syn0-unet-f0-r0-deadbeef.parquet") in out
+
+
+def test_footer_says_intervals_are_not_multiplicity_adjusted(study: Path, capsys) -> None:
+    code, out, _ = _run(capsys, str(study), "--where", "architecture=unet", "--test", "paired")
+    assert code == 0
+    assert "confidence intervals: 95% per comparison, not adjusted for multiplicity (holm decides" in out
 
 
 def test_latex_and_summarise_study(study: Path, capsys) -> None:

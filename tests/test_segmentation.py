@@ -134,6 +134,63 @@ def test_fixed_budget_without_early_stop(data, monkeypatch):
     assert [h["step"] for h in result.val_history] == [5, 10, 12]
 
 
+def _mixed(data, level=1.0):
+    """An additive +level stream over the training slices and a pool of 12 synthetic ones."""
+    from synthmix.datasets.arrays import SyntheticPool
+    from synthmix.datasets.mixing import MIXING_POLICIES
+
+    fake = make_slices(["sy0", "sy1", "sy2", "sy3"], 9)
+    pool = SyntheticPool(images=fake.images, labels=fake.labels)
+    return MIXING_POLICIES.get("additive").build_sampler(level, real=data.train, synthetic=pool,
+                                                         batch_size=8, draw="fresh")
+
+
+def test_budget_in_real_exposures_adds_steps_for_synthetic_data(data, monkeypatch):
+    """12 real slices, batch 8: epochs_real=10 is 120 real draws = 15 steps real only, 30 steps
+    at +100% synthetic (half of each batch is synthetic); real_draws=120 is the same here."""
+    monkeypatch.setattr(seg, "_validate", lambda *a, **k: 0.5)
+    for budget in ({"epochs_real": 10}, {"real_draws": 120}):
+        config = tiny_config(max_steps=200, budget=budget, val_every=5, checkpoint_every=5)
+        real_only = train_segmentation(config, data, LocalContext())
+        assert real_only.steps_done == 15 and (real_only.real_draws, real_only.synthetic_draws) == (120, 0)
+        mixed = train_segmentation(config, dataclasses.replace(data, sampler=_mixed(data)), LocalContext())
+        assert mixed.steps_done == 30
+        assert mixed.real_draws + mixed.synthetic_draws == 30 * 8
+        assert abs(mixed.real_draws - 120) < 5 * np.sqrt(240 * 0.25)  # binomial, 5 sigma
+    fixed = train_segmentation(tiny_config(max_steps=15, val_every=5, checkpoint_every=5),
+                               dataclasses.replace(data, sampler=_mixed(data)), LocalContext())
+    assert fixed.steps_done == 15 and fixed.real_draws < 90  # a step budget halves real exposures
+
+
+def test_early_stop_rule_applies_with_a_real_exposure_budget(data, monkeypatch):
+    scripted = iter([0.1, 0.5, 0.4, 0.6, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(seg, "_validate", lambda *a, **k: next(scripted))
+    config = tiny_config(budget={"epochs_real": 1000}, val_every=5, checkpoint_every=5, early_stop=(15, 10))
+    result = train_segmentation(config, data, LocalContext())
+    assert result.best_step == 20 and result.steps_done == 30
+
+
+def test_training_steps_and_budget_validation():
+    assert seg.training_steps(tiny_config(max_steps=7), n_real=50, real_share=0.1) == 7
+    assert seg.training_steps(tiny_config(budget={"epochs_real": 2}), n_real=50, real_share=0.5) == 25
+    assert seg.training_steps(tiny_config(budget={"real_draws": 100}), n_real=50, real_share=1 / 3) == 38
+    with pytest.raises(StudyError, match="draws no real data"):
+        seg.training_steps(tiny_config(budget={"real_draws": 100}), n_real=50, real_share=0.0)
+    with pytest.raises(StudyError, match="not both"):
+        build_segmentation_config({"max_steps": 100, "budget": {"epochs_real": 5}})
+    for bad in ({"epochs": 5}, {"epochs_real": 0}, {"epochs_real": 5, "real_draws": 9}, 12):
+        with pytest.raises(StudyError, match="budget"):
+            build_segmentation_config({"budget": bad})
+    assert build_segmentation_config({"budget": {"real_draws": 4800}}).budget == {"real_draws": 4800}
+
+
+def test_global_batch_must_split_over_the_workers(data):
+    ctx = LocalContext()
+    ctx.world_size = 3
+    with pytest.raises(StudyError, match="batch_size: 8 is the global batch and must split evenly over the 3"):
+        train_segmentation(tiny_config(), data, ctx)
+
+
 class NaNAtStep:
     """A sampler whose batch at draw ``at`` (0-based) holds a NaN."""
 
@@ -333,7 +390,7 @@ def test_ddp_two_ranks_agree(tmp_path):
     torch.multiprocessing.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
                                           nprocs=2, start_method="fork")
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert r0["first_batch"] != r1["first_batch"]  # each rank draws its own batches
+    assert r0["first_batch"] == r1["first_batch"]  # every rank draws the same global batch (and trains on its share)
     for key in ("val_history", "best_step", "dice_mean", "hd_mean"):
         assert r0[key] == r1[key], key  # validation and evaluation agree across ranks
     assert [s for s, _ in r0["reports"]] == [s for s, _ in r1["reports"]] == [5, 10]

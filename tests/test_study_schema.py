@@ -93,6 +93,13 @@ def test_valid_study_is_typed_and_defaults_are_filled():
     ("resources.gpus_per_worker", -1, "resources.gpus_per_worker: -1 is outside"),
     ("resources.max_concurrent_trials", 0, "resources.max_concurrent_trials: must be >= 1"),
     ("name", "my study!", "name: must be a name"),
+    ("mixing.draw", "random", "mixing.draw: unknown draw 'random'; known: fixed, fresh"),
+    ("mixing", {"policy": "synthetic_only", "draw": "fresh"}, "mixing.draw: fresh makes every synthetic_only"),
+    ("segmenter", {"batch_size": 8, "max_steps": 10, "budget": {"epochs_real": 3}},
+     "segmenter.budget: give max_steps (optimiser steps) or budget (real exposures), not both"),
+    ("segmenter", {"batch_size": 8, "budget": {"epochs": 3}}, "segmenter.budget: must be {epochs_real: E}"),
+    ("resources", {"workers": 3}, "segmenter.batch_size: 8 is the global batch and must split evenly over "
+                                  "resources.workers=3"),
 ])
 def test_invalid_studies_name_the_field(path, value, expected):
     raw = copy.deepcopy(BASE)
@@ -165,12 +172,17 @@ def test_overrides_merge_nested_and_dotted(tmp_path):
 def test_fingerprint_tracks_what_changes_results():
     fp = validate_study(copy.deepcopy(BASE), "x").fingerprint()
     assert fp == validate_study(copy.deepcopy(BASE), "y").fingerprint()
-    same = [("description", "other words"), ("resources", {"workers": 4}), ("statistics", {"alpha": 0.01}),
-            ("factors.augmentation", ["none", "flip", "rotate"]), ("exclude", [{"synthetic": 0.5}])]
+    # Options at their defaults hash as if absent, so studies stored before they existed keep their ids.
+    same = [("description", "other words"), ("resources", {"cpus_per_worker": 2, "workers": 1}),
+            ("statistics", {"alpha": 0.01}), ("factors.augmentation", ["none", "flip", "rotate"]),
+            ("exclude", [{"synthetic": 0.5}]), ("mixing", {"policy": "additive", "source": "pool", "draw": "fixed"})]
     for path, value in same:
         assert validate_study(_with(path, value), "x").fingerprint() == fp, path
+    # The number of workers still changes results (batch norm and the Dice loss per rank's share).
     different = [("seed", 4), ("factors.real_fraction", [0.25, 1.0]), ("segmenter.max_steps", 11),
-                 ("generator.config", {"steps": 6}), ("split.repeats", 3), ("mixing.source", "on_the_fly")]
+                 ("generator.config", {"steps": 6}), ("split.repeats", 3), ("mixing.source", "on_the_fly"),
+                 ("mixing", {"policy": "additive", "draw": "fresh"}), ("resources", {"workers": 2}),
+                 ("segmenter", {"batch_size": 8, "budget": {"real_draws": 80}})]
     for path, value in different:
         assert validate_study(_with(path, value), "x").fingerprint() != fp, path
 
@@ -191,3 +203,13 @@ def test_per_architecture_network_options():
     raw["segmenter"]["networks"]["uresnet"] = {"doubling": True}
     with pytest.raises(StudyError, match="segmenter: network 'uresnet': unknown option 'doubling'"):
         validate_study(raw, "n.yaml")
+
+
+def test_a_real_exposure_budget_needs_levels_that_draw_real_data():
+    raw = _with("segmenter", {"batch_size": 16, "budget": {"real_draws": 160}})
+    raw["factors"]["synthetic"] = ["16-0", "8-8", "0-16"]
+    raw["mixing"] = {"policy": "minibatch", "source": "pool"}
+    with pytest.raises(StudyError) as err:
+        validate_study(raw, "x")
+    assert err.value.problems == ["factors.synthetic[2]: '0-16' draws no real data, so segmenter.budget "
+                                  "(real_draws) in real exposures never ends; use segmenter.max_steps"]

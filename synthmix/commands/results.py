@@ -27,15 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--paper", action="store_true", help="the papers' analysis: unpaired two-tailed "
                    "Student t-test at 5%% against the baseline, no correction")
-    p.add_argument("--n-train", type=float, help="training subjects per resample (corrected test; "
-                   "default: column n_train_subjects per row)")
+    p.add_argument("--n-train", type=float, help="training pool per resample, in subjects (corrected "
+                   "test; default: column n_pool_subjects per row)")
     p.add_argument("--n-test", type=float, help="test subjects per resample (default: column n_test_subjects)")
     p.add_argument("--format", default="table", choices=["table", "markdown", "latex", "csv", "json"])
     p.add_argument("--digits", type=int, default=3, help="decimals shown (default 3)")
     p.add_argument("--plot", metavar="FILE.png", help="also write a plot")
-    p.add_argument("--plot-kind", default="line", choices=["line", "box"],
-                   help="line: metric vs real fraction with confidence bands; box: box plots with "
-                   "not-significant brackets")
+    p.add_argument("--plot-kind", choices=["line", "box"],
+                   help="line (default; box with --per-subject): metric vs real fraction with "
+                   "confidence bands; box: box plots with not-significant brackets")
+    p.add_argument("--per-subject", action="store_true", help="analyse the per-subject table "
+                   "(results/subjects/): cells paired with their baseline by test subject")
+    p.add_argument("--by", metavar="COLUMN", help="with --per-subject: stratify by a subject metadata "
+                   "column (age, lesion_load, ...)")
+    p.add_argument("--bins", type=int, help="with --by: quantile bins of a numeric column (default 3)")
     p.add_argument("--x", help="x-axis factor of the plot (default real_fraction or real_count)")
     p.set_defaults(handler=_results)
 
@@ -46,16 +51,26 @@ def _names(text: str) -> list[str]:
 
 def _results(args: argparse.Namespace) -> int:
     from synthmix.results import analyse, read_results
+    from synthmix.results.store import ResultsError, read_subject_results
+    from synthmix.results.subjects import analyse_subjects
     from synthmix.results.tables import footer, render
 
     test, correction, alpha = ("student", "none", 0.05) if args.paper else (args.test, args.correction, args.alpha)
-    analysis = analyse(read_results(args.source, storage=args.storage), metric=args.metric,
-                       rows=args.rows, cols=args.cols, baseline=args.baseline, where=args.where,
-                       test=test, correction=correction, alpha=alpha, n_train=args.n_train, n_test=args.n_test)
+    if (args.by or args.bins) and not args.per_subject:
+        raise ResultsError("--by and --bins stratify per-subject results: add --per-subject")
+    common = dict(metric=args.metric, rows=args.rows, cols=args.cols, baseline=args.baseline,
+                  where=args.where, test=test, correction=correction, alpha=alpha)
+    if args.per_subject:
+        analysis = analyse_subjects(read_subject_results(args.source, storage=args.storage), **common,
+                                    by=args.by, bins=args.bins)
+    else:
+        analysis = analyse(read_results(args.source, storage=args.storage), **common,
+                           n_train=args.n_train, n_test=args.n_test)
     if args.plot:  # before the table, so a plot error leaves no partial output
         from synthmix.results.plots import plot
 
-        print(f"wrote {plot(analysis, args.plot, kind=args.plot_kind, x=args.x)}", file=sys.stderr)
+        kind = args.plot_kind or ("box" if args.per_subject else "line")
+        print(f"wrote {plot(analysis, args.plot, kind=kind, x=args.x)}", file=sys.stderr)
     print(render(analysis, args.format, digits=args.digits))
     if args.format in ("csv", "json"):  # keep stdout machine-readable
         for line in footer(analysis):

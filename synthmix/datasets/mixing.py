@@ -7,17 +7,28 @@
 - ``check(level, *, batch_size, source)`` -> problems that need other study fields (e.g. a
   minibatch composition must add up to the segmenter's batch size);
 - ``uses_synthetic(level)`` -> whether a cell at this level needs a generator at all;
-- ``build_sampler(level, *, real, synthetic, batch_size)`` -> a ``BatchSampler``
-  (``sample(batch_size, rng) -> (images (B,C,H,W) float32, labels (B,H,W) int64)``); calling the
+- ``real_share(level, *, n_real, batch_size)`` -> the expected share of real items per draw
+  (what a budget counted in real exposures divides by; 0 for synthetic-only levels);
+- ``build_sampler(level, *, real, synthetic, batch_size, draw="fixed")`` -> a ``BatchSampler``
+  (``sample(batch_size, rng) -> (images (B,C,H,W) float32, labels (B,H,W) int64)``, with
+  ``real_share`` and ``last_draws`` = (real, synthetic) items of the latest batch); calling the
   policy object does the same.
 
 | policy | level | each draw |
 | --- | --- | --- |
-| additive | 0.5 = +50% synthetic | uniform over real ∪ the first round(level * n_real) pool samples |
+| additive | 0.5 = +50% synthetic | uniform over real ∪ the first m = round(level * n_real) pool samples |
 | probability | "100:1" real:synthetic | synthetic with probability 1/101, uniform over the whole pool |
 | minibatch | "8-8" real-generated | exactly 8 real and 8 synthetic per batch |
 | count | 500 synthetic samples | uniform over real ∪ the first 500 pool samples |
 | synthetic_only | 0 = real only, n > 0 = only synthetic | synthetic, from the first n pool samples |
+
+``draw`` (``mixing.draw``) reads an additive or count level in one of two ways:
+
+- ``fixed``: the synthetic data is a set of m samples (the pool's first m), as if m synthetic
+  images were added to the dataset once. With a small real subset the set is small too.
+- ``fresh``: every synthetic draw is uniform over the whole pool, with the same expected share
+  m / (n_real + m) of synthetic items per batch. The level then sets how much of the stream is
+  synthetic, not how many distinct synthetic samples there are.
 
 ``synthetic`` is a fixed ``SyntheticPool`` (pool source) or a callable ``generate(n, rng) ->
 (images, labels)`` (on-the-fly source: every synthetic draw is a fresh sample, the pool is
@@ -49,15 +60,23 @@ class BatchSampler(Protocol):
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch: ...
 
 
+DRAWS = ("fixed", "fresh")
+"""How an additive or count level picks its synthetic samples (see the module docstring)."""
+
+
 class _UniformRealSampler:
     """Fallback used only while synthmix.trainers.segmentation (and its RealSampler) is absent:
     slices drawn uniformly with replacement."""
 
+    real_share = 1.0
+
     def __init__(self, train: SliceSet):
         self.train = train
+        self.last_draws = (0, 0)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         idx = rng.integers(0, len(self.train), size=batch_size)
+        self.last_draws = (batch_size, 0)
         return self.train.images[idx], self.train.labels[idx]
 
 
@@ -132,9 +151,12 @@ class BernoulliMixSampler:
 
     def __init__(self, *, real: BatchSampler, synthetic, p_synthetic: float, shape: tuple[int, ...]):
         self.real, self.synthetic, self.p, self.shape = real, synthetic, p_synthetic, shape
+        self.real_share = 1.0 - p_synthetic
+        self.last_draws = (0, 0)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         k = int(rng.binomial(batch_size, self.p))
+        self.last_draws = (batch_size - k, k)
         parts = []
         if batch_size - k:
             parts.append(self.real.sample(batch_size - k, rng))
@@ -150,11 +172,14 @@ class CompositionSampler:
                  shape: tuple[int, ...]):
         self.real, self.synthetic = real, synthetic
         self.n_real, self.n_synthetic, self.shape = n_real, n_synthetic, shape
+        self.real_share = n_real / (n_real + n_synthetic)
+        self.last_draws = (0, 0)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         if batch_size != self.n_real + self.n_synthetic:
             raise ValueError(f"minibatch {self.n_real}-{self.n_synthetic} draws batches of "
                              f"{self.n_real + self.n_synthetic}, asked for {batch_size}")
+        self.last_draws = (self.n_real, self.n_synthetic)
         parts = []
         if self.n_real:
             parts.append(self.real.sample(self.n_real, rng))
@@ -197,10 +222,21 @@ class _Policy:
     def __call__(self, level: Any, **kwargs: Any) -> BatchSampler:
         return self.build_sampler(level, **kwargs)
 
-    def _bernoulli(self, real: SliceSet, synthetic: Synthetic, m: int | None, p: float, level: Any) -> BatchSampler:
+    def real_share(self, level: Any, *, n_real: int, batch_size: int) -> float:
+        """Expected share of real items per draw at ``level`` with ``n_real`` real slices."""
+        return 1.0 - self._p_synthetic(level, n_real)
+
+    def _p_synthetic(self, level: Any, n_real: int) -> float:
+        raise NotImplementedError
+
+    def _bernoulli(self, real: SliceSet, synthetic: Synthetic, m: int | None, p: float, level: Any,
+                   draw: str = "fixed") -> BatchSampler:
+        if draw not in DRAWS:
+            raise ValueError(f"mixing draw {draw!r}: known: {', '.join(DRAWS)}")
         if p == 0:
             return real_sampler(real)
-        source = _source(synthetic, m, f"{self.name} level {level!r}", real)
+        limit = None if draw == "fresh" else m  # fresh: the whole pool, at the same share
+        source = _source(synthetic, limit, f"{self.name} level {level!r}", real)
         rs = real_sampler(real) if p < 1 else None
         return BernoulliMixSampler(real=rs, synthetic=source, p_synthetic=p, shape=real.images.shape[1:])
 
@@ -215,11 +251,16 @@ class Additive(_Policy):
     def uses_synthetic(self, level: Any) -> bool:
         return self.parse(level) > 0
 
-    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+    def _p_synthetic(self, level: Any, n_real: int) -> float:
+        m = round(self.parse(level) * n_real)
+        return m / (n_real + m)
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
+                      draw: str = "fixed") -> BatchSampler:
         m = round(self.parse(level) * len(real))
         if self.parse(level) > 0 and m == 0:
             raise DataError(f"mixing: additive level {level!r} of {len(real)} real slices rounds to 0 samples")
-        return self._bernoulli(real, synthetic, m, m / (len(real) + m), level)
+        return self._bernoulli(real, synthetic, m, m / (len(real) + m), level, draw)
 
 
 class Probability(_Policy):
@@ -248,7 +289,12 @@ class Probability(_Policy):
     def uses_synthetic(self, level: Any) -> bool:
         return self.p_synthetic(level) > 0
 
-    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+    def _p_synthetic(self, level: Any, n_real: int) -> float:
+        return self.p_synthetic(level)
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
+                      draw: str = "fixed") -> BatchSampler:
+        # Every synthetic draw is uniform over the whole pool already: draw changes nothing.
         return self._bernoulli(real, synthetic, None, self.p_synthetic(level), level)
 
 
@@ -277,7 +323,12 @@ class Minibatch(_Policy):
             return [f"{self.parse(level)!r} adds up to {total}, the segmenter batch_size is {batch_size}"]
         return []
 
-    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+    def real_share(self, level: Any, *, n_real: int, batch_size: int) -> float:
+        real, syn = self.composition(level)
+        return real / (real + syn)
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
+                      draw: str = "fixed") -> BatchSampler:
         n_real, n_syn = self.composition(level)
         if n_real + n_syn != batch_size:
             raise ValueError(f"minibatch {level!r} does not add up to the batch size {batch_size}")
@@ -298,9 +349,14 @@ class Count(_Policy):
     def uses_synthetic(self, level: Any) -> bool:
         return self.parse(level) > 0
 
-    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+    def _p_synthetic(self, level: Any, n_real: int) -> float:
         c = self.parse(level)
-        return self._bernoulli(real, synthetic, c, c / (len(real) + c), level)
+        return c / (n_real + c)
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
+                      draw: str = "fixed") -> BatchSampler:
+        c = self.parse(level)
+        return self._bernoulli(real, synthetic, c, c / (len(real) + c), level, draw)
 
 
 class SyntheticOnly(_Policy):
@@ -319,7 +375,13 @@ class SyntheticOnly(_Policy):
                     "(unlimited fresh samples); use 0 (real only) and 1 (synthetic only)"]
         return []
 
-    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+    def _p_synthetic(self, level: Any, n_real: int) -> float:
+        return 1.0 if self.parse(level) else 0.0
+
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
+                      draw: str = "fixed") -> BatchSampler:
+        # The level is the number of distinct samples; "fresh" would make every level the same
+        # (the schema refuses it).
         n = self.parse(level)
         return self._bernoulli(real, synthetic, n, 1.0 if n else 0.0, level)
 
@@ -341,7 +403,8 @@ class MixingSpec:
     policy: str = "additive"
     source: str = "pool"
     pool_size: int | None = None
+    draw: str = "fixed"
 
     def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
         return MIXING_POLICIES.get(self.policy).build_sampler(level, real=real, synthetic=synthetic,
-                                                              batch_size=batch_size)
+                                                              batch_size=batch_size, draw=self.draw)

@@ -18,7 +18,8 @@ import time
 from types import SimpleNamespace
 
 from synthmix.orchestrator.generators import ensure_generator
-from synthmix.orchestrator.rows import build_row, write_row
+from synthmix.orchestrator.rows import (build_row, subject_metadata, subject_records, write_row,
+                                        write_subject_rows)
 from synthmix.orchestrator.spec import CellSpec
 from synthmix.orchestrator.store import StudyStore
 from synthmix.orchestrator.train_launch import Scaling, run_on_ray_train
@@ -138,11 +139,15 @@ def segmentation_flow(args: dict, context) -> dict:
     config = build_segmentation_config(spec.segmenter)
     synthetic, available = _synthetic_source(spec, train, context.device)
     sampler = MIXING_POLICIES.get(spec.mixing["policy"]).build_sampler(
-        spec.cell.factors["synthetic"], real=train, synthetic=synthetic, batch_size=config.batch_size)
+        spec.cell.factors["synthetic"], real=train, synthetic=synthetic, batch_size=config.batch_size,
+        draw=spec.mixing.get("draw", "fixed"))
     result = train_segmentation(config, SegmentationData(train=train, val=val, test=test, sampler=sampler), context)
     metrics = {k: v for k, v in result.metrics.items() if k != "per_subject"}
     return {"metrics": {**metrics, "best_step": result.best_step, "steps_done": result.steps_done},
-            "timings": result.timings, "n_train_slices": len(train), "n_synthetic_available": available}
+            "timings": result.timings, "n_train_slices": len(train), "n_synthetic_available": available,
+            "real_draws": result.real_draws, "synthetic_draws": result.synthetic_draws,
+            "per_subject": result.metrics["per_subject"],
+            "subject_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)), list(spec.split.test))}
 
 
 # --- the Tune trial -----------------------------------------------------------------------------
@@ -199,9 +204,12 @@ def _run(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     data = {"train_subjects": list(spec.split.train), "n_val_subjects": len(spec.split.val),
             "n_test_subjects": len(spec.split.test), "n_pool_subjects": spec.split.n_pool,
             "n_train_slices": seg["n_train_slices"], "n_synthetic_available": seg["n_synthetic_available"],
-            "pool_drawn": pool_info.get("drawn", 0), "pool_kept": pool_info.get("kept", 0)}
+            "pool_drawn": pool_info.get("drawn", 0), "pool_kept": pool_info.get("kept", 0),
+            "real_draws": seg["real_draws"], "synthetic_draws": seg["synthetic_draws"]}
     row = build_row(study=spec.study, cell=spec.cell.to_dict(), factors=list(spec.factors), mixing=spec.mixing,
                     data=data, metrics=seg["metrics"], generator=_flat_quality(quality), timings=timings)
+    write_subject_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["per_subject"],
+                                                            seg["subject_metadata"]))
     write_row(store, row)
     return row
 

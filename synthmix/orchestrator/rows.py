@@ -6,11 +6,14 @@ Schema version 1, one row per cell, columns:
 - design: one column per factor (``real_fraction`` or ``real_count``, ``synthetic``,
   ``architecture``, ``augmentation``, ...), ``fold``, ``repeat``, ``seed``, ``mixing_policy``,
   ``synthetic_source``
-- data: ``train_subjects`` (JSON list), ``n_train_subjects``, ``n_val_subjects``,
-  ``n_test_subjects``, ``n_train_slices``, ``n_synthetic_available`` (pool samples the policy may
-  draw; -1 for on-the-fly sampling, 0 without a generator), ``n_pool_subjects`` (the labelled
-  subjects the subset is drawn from), ``pool_drawn`` / ``pool_kept`` (the pool's samples before
-  and after clean-up and filters)
+- data: ``train_subjects`` (JSON list), ``n_train_subjects`` (the cell's subset),
+  ``n_pool_subjects`` (the labelled subjects of its resample that are neither test nor
+  validation: what the subset is drawn from, and the corrected test's n_train),
+  ``n_val_subjects``, ``n_test_subjects``, ``n_train_slices``, ``n_synthetic_available`` (pool
+  samples the policy may draw; -1 for on-the-fly sampling, 0 without a generator),
+  ``pool_drawn`` / ``pool_kept`` (the pool's samples before and after clean-up and filters),
+  ``mixing_draw`` (fixed | fresh), ``real_draws`` and ``synthetic_draws`` (training items
+  actually drawn from each, over all workers)
 - metrics on the test subjects (means over subjects): ``dice_mean``, ``dice_<c>``, ``hd95_mean``,
   ``hd95_<c>``, ``hd_mean``, ``hd_<c>``, ``iou_*``, ``precision_*``, ``recall_*``;
   ``best_step``, ``steps_done``
@@ -23,6 +26,12 @@ Schema version 1, one row per cell, columns:
 
 A reader must not assume a column exists in every file: metrics may be added in later
 versions (the aggregator unifies schemas).
+
+Per-subject rows: ``results/subjects/CELL_ID.parquet``, one row per test subject of the cell:
+``study``, ``cell_id``, the factor columns, ``fold``, ``repeat``, ``subject_id``, the manifest's
+metadata columns (age, lesion load, ...; prefixed ``meta_`` where a name is taken) and every
+per-subject metric (``dice_mean``, ``dice_<c>``, ``hd95_<c>``, ...). Written before the cell's
+row, so a finished cell always has them.
 """
 
 from __future__ import annotations
@@ -55,13 +64,15 @@ def build_row(*, study: str, cell: dict, factors: list[str], mixing: dict, data:
            "synthmix_version": __version__}
     row.update({f: cell[f] for f in factors})
     row.update(fold=cell["fold"], repeat=cell["repeat"], seed=cell["seed"],
-               mixing_policy=mixing["policy"], synthetic_source=mixing["source"])
+               mixing_policy=mixing["policy"], synthetic_source=mixing["source"],
+               mixing_draw=mixing.get("draw", "fixed"))
     row.update(train_subjects=json.dumps(list(data["train_subjects"])),
-               n_train_subjects=len(data["train_subjects"]), n_val_subjects=data["n_val_subjects"],
+               n_train_subjects=len(data["train_subjects"]), n_pool_subjects=data.get("n_pool_subjects", 0),
+               n_val_subjects=data["n_val_subjects"],
                n_test_subjects=data["n_test_subjects"], n_train_slices=data["n_train_slices"],
                n_synthetic_available=data["n_synthetic_available"],
-               n_pool_subjects=data.get("n_pool_subjects", 0), pool_drawn=data.get("pool_drawn", 0),
-               pool_kept=data.get("pool_kept", 0))
+               pool_drawn=data.get("pool_drawn", 0), pool_kept=data.get("pool_kept", 0),
+               real_draws=int(data.get("real_draws", 0)), synthetic_draws=int(data.get("synthetic_draws", 0)))
     row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     row["generator_key"] = cell.get("generator_key") or ""
     row["pool_key"] = cell.get("pool_key") or ""
@@ -79,3 +90,48 @@ def write_row(store: StudyStore, row: dict) -> StoragePath:
     path = store.row_file(row["cell_id"])
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+# --- per-subject rows ---------------------------------------------------------------------------
+
+def subject_metadata(manifest: str | os.PathLike, subject_ids: list[str]) -> dict[str, dict]:
+    """The manifest's metadata columns of ``subject_ids``: {subject_id: {column: value}}, as
+    plain Python values (they travel back from a Ray Train worker)."""
+    from synthmix.datasets.manifest import read_manifest
+
+    table = read_manifest(manifest).metadata
+    return {sid: {str(k): _plain(v) for k, v in table.loc[sid].items()} if sid in table.index else {}
+            for sid in subject_ids}
+
+
+def subject_records(row: dict, factors: list[str], per_subject: list[dict],
+                    metadata: dict[str, dict]) -> list[dict]:
+    """One record per test subject of the cell whose results row is ``row``: its identity and
+    factor levels, the subject's metadata and its metrics (see the module docstring)."""
+    base = {"study": row["study"], "cell_id": row["cell_id"], **{f: row[f] for f in factors},
+            "fold": row["fold"], "repeat": row["repeat"]}
+    records = []
+    for entry in per_subject:
+        sid = str(entry["subject"])
+        metrics = {k: float(v) for k, v in entry.items() if k != "subject" and isinstance(v, (int, float))}
+        taken = set(base) | set(metrics) | {"subject_id"}
+        meta = {(f"meta_{k}" if k in taken else k): v for k, v in metadata.get(sid, {}).items()}
+        records.append({**base, "subject_id": sid, **meta, **metrics})
+    return records
+
+
+def write_subject_rows(store: StudyStore, cell_id: str, records: list[dict]) -> StoragePath:
+    """Write the cell's per-subject table atomically to ``results/subjects/CELL_ID.parquet``."""
+    buffer = io.BytesIO()
+    pd.DataFrame.from_records(records).to_parquet(buffer, index=False)
+    path = store.results_dir / "subjects" / f"{cell_id}.parquet"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _plain(value: object) -> object:
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and value != value:  # NaN: no value in the manifest
+        return None
+    return value

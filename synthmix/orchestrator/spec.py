@@ -88,6 +88,7 @@ def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> 
                                 n_pool=len(getattr(split, "pool", ()) or ()), unlabelled=tuple(split.unlabelled)),
             generator=plan.generator_jobs.get(c.generator_key) if c.generator_key else None,
             pool=plan.pool_jobs.get(c.pool_key) if c.pool_key else None,
-            segmenter=segmenter, mixing={"policy": study.mixing.policy, "source": study.mixing.source},
+            segmenter=segmenter, mixing={"policy": study.mixing.policy, "source": study.mixing.source,
+                                         "draw": study.mixing.draw},
             scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins)))
     return specs

@@ -11,6 +11,7 @@ finished cell or generator is never computed twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -55,6 +56,7 @@ def prepare_study(study_ref: str | Path | None, *, storage: str | Path | None = 
         with store.staged(store.splits_file) as local:
             splits.save(local)
     plan = expand_cells(study, splits, dataset_fingerprint=manifest.fingerprint(), manifest=manifest_path)
+    _check_same_dataset(store, plan, study_ref)
     atomic_write_bytes(store.plan_file, plan.to_json().encode())
     build_cache(manifest_path, preprocess, store.cache_dir)  # once, before any worker needs it
     return study, store, plan
@@ -91,6 +93,20 @@ def _freeze_study(study: Study, store: StudyStore) -> None:
             "pick another --name (or --storage) for the changed study, or resume the stored one "
             f"with 'synthmix resume {store.name}'")
     atomic_write_bytes(store.study_file, text.encode())
+
+
+def _check_same_dataset(store: StudyStore, plan: Plan, study_ref) -> None:
+    """A study's data edited in place would give every cell a new id while the old rows stay:
+    refused, like a changed configuration."""
+    if not store.plan_file.exists():
+        return
+    before = json.loads(store.plan_file.read_text()).get("dataset_fingerprint")
+    if before and before != plan.dataset_fingerprint:
+        raise SynthmixError(
+            f"{store.root}: the dataset of study {store.name!r} changed since it was run (fingerprint "
+            f"{before} -> {plan.dataset_fingerprint}: a file or the manifest was edited in place); "
+            f"its results belong to the old data. Run the new data under another name "
+            f"('synthmix run {study_ref or 'quickstart'} --name {store.name}-v2') or restore the old files")
 
 
 def trial_configs(study: Study, store: StudyStore, plan: Plan) -> list[dict]:

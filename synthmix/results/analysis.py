@@ -19,19 +19,22 @@ from synthmix.results import STAT_TESTS
 from synthmix.results.design import (PAIR_KEYS, cell_name, check_pooling, duplicate_cells,
                                      format_level, missing_rows, small_groups)
 from synthmix.results.filters import apply_filters
-from synthmix.results.stat_tests import CORRECTIONS, StatTest, adjust_pvalues, cohens_d
+from synthmix.results.stat_tests import CORRECTIONS, StatTest, adjust_pvalues, cohens_d, cohens_dz
 from synthmix.results.store import DESIGN_COLUMNS, ResultSet, ResultsError, baseline_text
 
 DEFAULT_METRIC = "dice_mean"
 AUTO = "auto"
 #: Columns for n_train and n_test of the corrected test, in subjects: the unit that is resampled.
-N_TRAIN_COLUMN, N_TEST_COLUMN = "n_train_subjects", "n_test_subjects"
+#: n_train is the pool a resample's training subset is drawn from (labelled, neither test nor
+#: validation), not the subset itself; ``n_train_subjects`` is read only when a table has no pool.
+N_POOL_COLUMN, N_TRAIN_COLUMN, N_TEST_COLUMN = "n_pool_subjects", "n_train_subjects", "n_test_subjects"
 #: Factor names of synthmix studies: the factors of a table that comes without a plan.json.
 KNOWN_FACTORS = ("real_fraction", "real_count", "synthetic", "architecture", "augmentation",
                  "generator", "classes")
 
-COMPARISON_COLUMNS = ["baseline_n", "baseline_mean", "diff", "ci_low", "ci_high", "cohens_d",
-                      "test", "statistic", "df", "n_pairs", "p_value", "p_adjusted", "significant"]
+COMPARISON_COLUMNS = ["baseline_n", "baseline_mean", "diff", "ci_low", "ci_high", "cohens_d_pooled",
+                      "cohens_dz", "test", "statistic", "df", "n_pairs", "p_value", "p_adjusted",
+                      "significant"]
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Analysis:
     alpha: float
     notes: list[str] = field(default_factory=list)
     data: pd.DataFrame | None = None  # the rows that went into the cells (for box plots)
+    unit: str = "rows"  # what n counts: "rows" (one per cell and resample) or "subjects"
 
     @property
     def factors(self) -> list[str]:
@@ -76,6 +80,8 @@ class Analysis:
                     record[count] = None if record[count] is None else int(record[count])
                 record["alpha"] = self.alpha
                 record["correction"] = self.correction
+                record["ci_level"] = 1 - self.alpha
+                record["ci_adjusted"] = False  # per comparison; the correction decides significance only
             records.append(record)
         return records
 
@@ -84,7 +90,8 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
             rows: list[str] | None = None, cols: list[str] | None = None,
             baseline: str | dict | None = None, where: list[str] | tuple[str, ...] = (),
             test: str = AUTO, correction: str = "holm", alpha: float = 0.05,
-            n_train: float | None = None, n_test: float | None = None) -> Analysis:
+            n_train: float | None = None, n_test: float | None = None,
+            pair_keys: tuple[str, ...] = PAIR_KEYS, unit: str = "rows") -> Analysis:
     """Group ``results`` into cells, check the design, test each cell against its baseline.
 
     Args:
@@ -98,7 +105,11 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
         test: a ``STAT_TESTS`` name or ``"auto"`` (see ``choose_test``).
         correction: ``holm``, ``bh`` or ``none``, over all comparisons of the table.
         alpha: significance level after correction; confidence intervals are at 1 - alpha.
-        n_train, n_test: override the per-row subject counts used by the corrected test.
+        n_train, n_test: override the per-row subject counts used by the corrected test
+            (default: ``n_pool_subjects`` and ``n_test_subjects``).
+        pair_keys: the columns that match a row with its baseline partner in paired tests
+            (fold and repeat; ``subject_id`` for per-subject tables).
+        unit: what a row is, for the footer ("rows" or "subjects").
     """
     result_set = results if isinstance(results, ResultSet) else ResultSet(rows=results)
     if correction not in CORRECTIONS:
@@ -120,8 +131,8 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
         baseline = planned
     base_factor, base_level = _baseline(selection, grouped, baseline_text(baseline))
 
-    notes = duplicate_cells(selection) + missing_rows(result_set.plan, selection, grouped, where,
-                                                      failed=result_set.failed)
+    notes = list(result_set.notes) + duplicate_cells(selection) + missing_rows(
+        result_set.plan, selection, grouped, where, failed=result_set.failed)
     selection, dropped = _drop_missing_metric(selection, metric)
     notes += dropped
     cells = _summaries(selection, grouped, metric)
@@ -129,30 +140,32 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
 
     analysis = Analysis(cells=cells, rows=rows, cols=cols, metric=metric, baseline_factor=base_factor,
                         baseline_level=base_level, test=None, test_label="", correction=correction,
-                        alpha=alpha, notes=notes, data=selection)
+                        alpha=alpha, notes=notes, data=selection, unit=unit)
     if base_factor is None:
         analysis.notes.append("no baseline: showing mean (std) only; pass --baseline FACTOR=LEVEL to test")
         cells["baseline"] = False
         return analysis
-    ratio = _ratio_source(selection, n_train, n_test)
-    chosen, reason = choose_test(test, selection, ratio is not None)
+    ratio, ratio_note = _ratio_source(selection, n_train, n_test)
+    chosen, reason = choose_test(test, selection, ratio is not None, pair_keys)
     analysis.test, analysis.test_label = chosen.name, f"{chosen.label}{reason}"
+    if ratio_note and chosen.needs_ratio:
+        analysis.notes.append(ratio_note)
     analysis.cells = _compare(selection, cells, grouped, metric, base_factor, base_level, chosen,
-                              ratio, alpha, correction, analysis.notes)
-    if not chosen.paired and _pairable(selection):
+                              ratio, alpha, correction, analysis.notes, pair_keys)
+    if not chosen.paired and _pairable(selection, pair_keys):
         analysis.notes.append(f"note: {chosen.name} is an unpaired test but this design is paired "
-                              "(cells share training subjects and test sets per fold and repeat); "
-                              "--test paired or corrected uses that")
+                              f"(cells are matched on {'/'.join(pair_keys)}); --test paired uses that")
     return analysis
 
 
-def choose_test(name: str, selection: pd.DataFrame, has_ratio: bool) -> tuple[StatTest, str]:
+def choose_test(name: str, selection: pd.DataFrame, has_ratio: bool,
+                pair_keys: tuple[str, ...] = PAIR_KEYS) -> tuple[StatTest, str]:
     """The registry entry for ``name``; for ``auto``: the corrected resampled t-test when rows
-    pair on fold/repeat, there is more than one resample and n_test/n_train is known; else the
+    pair on fold/repeat, there is more than one resample and n_test/n_pool is known; else the
     paired t-test when rows pair; else Welch (no equal-variance assumption)."""
     if name != AUTO:
         return STAT_TESTS.get(name), ""
-    keys = [k for k in PAIR_KEYS if k in selection.columns]
+    keys = [k for k in pair_keys if k in selection.columns]
     if not keys:
         return STAT_TESTS.get("welch"), "; auto: no fold/repeat columns to pair on"
     resamples = len(selection[keys].drop_duplicates())
@@ -258,32 +271,44 @@ def _summaries(selection: pd.DataFrame, grouped: list[str], metric: str) -> pd.D
     return stats.rename(columns={"count": "n"}).reset_index()
 
 
-def _pairable(selection: pd.DataFrame) -> bool:
-    return any(k in selection.columns for k in PAIR_KEYS)
+def _pairable(selection: pd.DataFrame, pair_keys: tuple[str, ...] = PAIR_KEYS) -> bool:
+    return any(k in selection.columns for k in pair_keys)
 
 
-def _ratio_source(selection: pd.DataFrame, n_train: float | None, n_test: float | None) -> pd.Series | float | None:
-    """n_test / n_train: a constant from the flags, else per row from the subject-count columns."""
+def _ratio_source(selection: pd.DataFrame, n_train: float | None,
+                  n_test: float | None) -> tuple[pd.Series | float | None, str]:
+    """n_test / n_train of the corrected test, and a note on where it came from: a constant
+    from the flags, else per row n_test_subjects / n_pool_subjects. Rows without a pool column
+    (other tools' tables, older synthmix rows) fall back to n_train_subjects, with a note."""
     if (n_train is None) != (n_test is None):
         raise ResultsError("give both --n-train and --n-test (or neither, to read them per row)")
     if n_train is not None:
         if n_train <= 0 or n_test <= 0:
             raise ResultsError(f"--n-train and --n-test must be positive, got {n_train} and {n_test}")
-        return float(n_test) / float(n_train)
-    if N_TRAIN_COLUMN in selection.columns and N_TEST_COLUMN in selection.columns:
-        ratio = selection[N_TEST_COLUMN].astype(float) / selection[N_TRAIN_COLUMN].astype(float)
-        return ratio if ratio.notna().any() else None
-    return None
+        return float(n_test) / float(n_train), ""
+    if N_TEST_COLUMN not in selection.columns:
+        return None, ""
+    for column in (N_POOL_COLUMN, N_TRAIN_COLUMN):
+        if column in selection.columns:
+            ratio = selection[N_TEST_COLUMN].astype(float) / selection[column].astype(float)
+            if ratio.notna().any():
+                note = "" if column == N_POOL_COLUMN else (
+                    f"note: the rows have no {N_POOL_COLUMN} column, so the corrected test's n_train is "
+                    f"{N_TRAIN_COLUMN}; if the rows train on subsets of a larger pool, that overstates "
+                    "the variance: pass --n-train POOL --n-test N")
+                return ratio, note
+    return None, ""
 
 
 def _compare(selection: pd.DataFrame, cells: pd.DataFrame, grouped: list[str], metric: str,
              base_factor: str, base_level: object, test: StatTest, ratio: pd.Series | float | None,
-             alpha: float, correction: str, notes: list[str]) -> pd.DataFrame:
+             alpha: float, correction: str, notes: list[str],
+             pair_keys: tuple[str, ...] = PAIR_KEYS) -> pd.DataFrame:
     if test.needs_ratio and ratio is None:
         raise ResultsError(f"the {test.name} test needs n_test/n_train: the rows have no "
-                           f"{N_TRAIN_COLUMN}/{N_TEST_COLUMN} columns; pass --n-train and --n-test")
+                           f"{N_TEST_COLUMN} and {N_POOL_COLUMN} columns; pass --n-train and --n-test")
     values = selection[metric].to_numpy(dtype=float)
-    pair_codes = _pair_codes(selection) if test.paired else None
+    pair_codes = _pair_codes(selection, pair_keys) if test.paired else None
     ratios = ratio.to_numpy(dtype=float) if isinstance(ratio, pd.Series) else ratio
     groups = selection.groupby(grouped, sort=True, dropna=False).indices
     index = {(k if isinstance(k, tuple) else (k,)): v for k, v in groups.items()}
@@ -301,7 +326,7 @@ def _compare(selection: pd.DataFrame, cells: pd.DataFrame, grouped: list[str], m
             notes.append(f"no baseline {base_factor}={format_level(base_level)} for {name}: not tested")
             continue
         x_idx, y_idx = index[_key(row, grouped)], index[base_key]
-        out[i] = _one(test, values, x_idx, y_idx, pair_codes, ratios, alpha, name, notes)
+        out[i] = _one(test, values, x_idx, y_idx, pair_codes, ratios, alpha, name, notes, pair_keys)
     comparisons = pd.DataFrame(out, index=cells.index)
     comparisons["p_adjusted"] = adjust_pvalues(comparisons["p_value"].to_numpy(dtype=float), correction)
     tested = comparisons["p_adjusted"].notna().to_numpy()
@@ -313,12 +338,13 @@ def _compare(selection: pd.DataFrame, cells: pd.DataFrame, grouped: list[str], m
 
 def _one(test: StatTest, values: np.ndarray, x_idx: np.ndarray, y_idx: np.ndarray,
          pair_codes: np.ndarray | None, ratios: np.ndarray | float | None, alpha: float,
-         name: str, notes: list[str]) -> dict:
+         name: str, notes: list[str], pair_keys: tuple[str, ...] = PAIR_KEYS) -> dict:
     x_all, y_all = values[x_idx], values[y_idx]
     base = {"baseline_n": len(y_idx), "baseline_mean": float(np.mean(y_all)),
-            "cohens_d": cohens_d(x_all, y_all), "test": test.name}
+            "cohens_d_pooled": cohens_d(x_all, y_all), "cohens_dz": np.nan, "test": test.name}
     if test.paired:
-        x_idx, y_idx = _pairs(pair_codes, x_idx, y_idx, name, notes)
+        x_idx, y_idx = _pairs(pair_codes, x_idx, y_idx, name, notes, pair_keys)
+        base["cohens_dz"] = cohens_dz(values[x_idx], values[y_idx])
     row_ratio = ratios if not isinstance(ratios, np.ndarray) else float(np.nanmean(ratios[np.concatenate([x_idx, y_idx])]))
     if len(x_idx) < 2 or len(y_idx) < 2:
         notes.append(f"{name}: too few {'pairs' if test.paired else 'rows'} for a test")
@@ -326,31 +352,35 @@ def _one(test: StatTest, values: np.ndarray, x_idx: np.ndarray, y_idx: np.ndarra
     outcome = test(values[x_idx], values[y_idx], confidence=1 - alpha, test_train_ratio=row_ratio)
     if np.isnan(outcome.p_value):
         notes.append(f"{name}: {test.name} test undefined (no variation in the differences)")
+    if test.paired and outcome.n < len(x_idx):
+        notes.append(f"{name}: {test.name} ranked {outcome.n} of {len(x_idx)} pairs "
+                     f"({len(x_idx) - outcome.n} zero difference(s) dropped)")
     return {**base, "diff": outcome.diff, "ci_low": outcome.ci_low, "ci_high": outcome.ci_high,
             "statistic": outcome.statistic, "df": outcome.df,
             "n_pairs": outcome.n if test.paired else None, "p_value": outcome.p_value}
 
 
-def _pair_codes(selection: pd.DataFrame) -> np.ndarray:
-    keys = [k for k in PAIR_KEYS if k in selection.columns]
+def _pair_codes(selection: pd.DataFrame, pair_keys: tuple[str, ...] = PAIR_KEYS) -> np.ndarray:
+    keys = [k for k in pair_keys if k in selection.columns]
     if not keys:
-        raise ResultsError("paired tests match rows on fold and repeat, but the rows have neither "
-                           "column; use --test welch or --test student")
+        raise ResultsError(f"paired tests match rows on {' and '.join(pair_keys)}, but the rows have "
+                           "no such column; use --test welch or --test student")
     return selection.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
 
 
 def _pairs(codes: np.ndarray, x_idx: np.ndarray, y_idx: np.ndarray, name: str,
-           notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+           notes: list[str], pair_keys: tuple[str, ...] = PAIR_KEYS) -> tuple[np.ndarray, np.ndarray]:
     cx, cy = codes[x_idx], codes[y_idx]
+    keys = "/".join(pair_keys)
     for label, c in ((name, cx), ("its baseline", cy)):
         if len(np.unique(c)) != len(c):
-            raise ResultsError(f"{name}: {label} has several rows for the same fold and repeat, so "
+            raise ResultsError(f"{name}: {label} has several rows for the same {keys}, so "
                                "pairs are ambiguous; a factor not in --rows/--cols probably varies "
                                "(add it, or filter with --where)")
     _, ix, iy = np.intersect1d(cx, cy, assume_unique=True, return_indices=True)
     unmatched = len(cx) - len(ix) + len(cy) - len(iy)
     if unmatched:
-        notes.append(f"{name}: {unmatched} row(s) without a fold/repeat partner in the other cell "
+        notes.append(f"{name}: {unmatched} row(s) without a {keys} partner in the other cell "
                      f"left out of the paired test ({len(ix)} pairs)")
     return x_idx[ix], y_idx[iy]
 

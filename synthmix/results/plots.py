@@ -26,6 +26,7 @@ from synthmix.results.store import ResultsError
 PLOT_KINDS = ("line", "box")
 X_PREFERENCE = ("real_fraction", "real_count")
 _PANEL_SIZE = (5.2, 3.9)
+MAX_POINTS = 30  # box plots also draw each value when a box holds at most this many
 
 
 def plot(analysis: Analysis, path: str | os.PathLike, *, kind: str = "line", x: str | None = None) -> str:
@@ -142,6 +143,9 @@ def _draw_boxes(ax, analysis: Analysis, cells: pd.DataFrame, x: str | None, hue,
             box["boxes"][0].set_facecolor(colours[hi])
             box["boxes"][0].set_alpha(0.75)
             box["medians"][0].set_color("black")
+            if len(values) <= MAX_POINTS:  # few values: show each (a box of one is only a line)
+                ax.scatter(np.full(len(values), pos), values, s=14, color=colours[hi],
+                           edgecolor="black", linewidth=0.5, zorder=3)
             positions[(group, level)] = pos
             top[(group, level)] = float(np.max(values)) if len(values) else np.nan
     _annotate(ax, analysis, cells, x, hue, positions, top)
@@ -224,4 +228,5 @@ def _subtitle(analysis: Analysis, kind: str) -> str:
             f"test, {analysis.correction} correction, \u03b1={analysis.alpha:g}")
     if kind == "line":
         return f"{analysis.metric}: {band}\nfilled markers: significant {test}"
-    return f"{analysis.metric}: * significant, n.s. not significantly different\n{test}"
+    over = " (boxes over test subjects)" if analysis.unit == "subjects" else ""
+    return f"{analysis.metric}{over}: * significant, n.s. not significantly different\n{test}"

@@ -19,7 +19,7 @@ import pandas as pd
 from synthmix.results.analysis import analyse
 import pyarrow.fs as pafs
 
-from synthmix.results.store import read_results, resolve_source
+from synthmix.results.store import ResultsError, read_results, read_subject_results, resolve_source
 from synthmix.results.tables import footer, render
 
 _STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -27,8 +27,9 @@ table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;paddi
 th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;overflow-x:auto}img{max-width:100%}
 .sig{font-weight:bold}"""
 
-_COMPARISON_COLUMNS = ["n", "mean", "std", "baseline_mean", "diff", "ci_low", "ci_high", "cohens_d",
-                       "test", "p_value", "p_adjusted", "significant"]
+MAX_STRATA = 3  # metadata columns the report stratifies per-subject results by
+_COMPARISON_COLUMNS = ["n", "mean", "std", "baseline_mean", "diff", "ci_low", "ci_high", "cohens_d_pooled",
+                       "cohens_dz", "test", "p_value", "p_adjusted", "significant"]
 
 
 def write_report(source: str, out: str | Path, *, storage: str | None = None, metric: str = "dice_mean",
@@ -40,7 +41,9 @@ def write_report(source: str, out: str | Path, *, storage: str | None = None, me
     fs, folder = resolve_source(source, storage)
     sections = [f"<h1>synthmix study {html.escape(_study_name(results, source))}</h1>",
                 _summary(results), "<h2>Results</h2>", f"<pre>{html.escape(render(analysis, 'table'))}</pre>",
-                _comparisons(analysis), _plots(analysis), _generators(fs, folder), _failures(results)]
+                _comparisons(analysis), _plots(analysis),
+                _subjects(source, storage, metric=metric, correction=correction, alpha=alpha, baseline=baseline),
+                _generators(fs, folder), _failures(results)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthmix report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
     out = Path(out)
@@ -80,17 +83,39 @@ def _img(png: bytes) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
-def _plots(analysis) -> str:
+def _subjects(source: str, storage: str | None, **options) -> str:
+    """Per-subject results when the study has them: the table paired by subject, its box plot,
+    and the table stratified by each of the first metadata columns."""
+    from synthmix.results.subjects import analyse_subjects, metadata_columns
+
+    try:
+        subjects = read_subject_results(source, storage=storage)
+    except ResultsError:
+        return ""  # rows written before per-subject results existed
+    analysis = analyse_subjects(subjects, **options)
+    parts = ["<h2>Per-subject results</h2>", f"<pre>{html.escape(render(analysis, 'table'))}</pre>",
+             _plots(analysis, kinds=("box",))]
+    for column in metadata_columns(subjects.rows, [*subjects.factors, *analysis.factors])[:MAX_STRATA]:
+        try:
+            strata = analyse_subjects(subjects, by=column, **options)
+        except ResultsError as err:
+            parts.append(f"<p>(not stratified by {html.escape(column)}: {html.escape(str(err))})</p>")
+            continue
+        parts += [f"<h3>By {html.escape(column)}</h3>", f"<pre>{html.escape(render(strata, 'table'))}</pre>"]
+    return "".join(parts)
+
+
+def _plots(analysis, kinds: tuple[str, ...] = ("line", "box")) -> str:
     from synthmix.results.plots import plot
 
     images = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("line", "box"):
+        for kind in kinds:
             try:
                 images.append(_png(Path(plot(analysis, Path(tmp) / f"{kind}.png", kind=kind))))
             except Exception as err:  # a plot that does not apply (e.g. no numeric x) is skipped
                 images.append(f"<p>({kind} plot not drawn: {html.escape(str(err))})</p>")
-    return "<h2>Plots</h2>" + "".join(images)
+    return ("<h2>Plots</h2>" if len(kinds) > 1 else "") + "".join(images)
 
 
 def _generators(fs: pafs.FileSystem, folder: str) -> str:

@@ -23,7 +23,8 @@ class TestOutcome:
 
     ``diff`` is mean(cell) - mean(baseline) for unpaired tests and the mean of the paired
     differences for paired ones; ``ci_low``/``ci_high`` bound it; ``n`` is the number of pairs
-    (paired) or of observations in both samples (unpaired).
+    the test actually used (paired; for Wilcoxon the pairs ranked, zero differences dropped) or
+    of observations in both samples (unpaired).
     """
 
     statistic: float
@@ -76,13 +77,14 @@ def paired(x: np.ndarray, y: np.ndarray, *, confidence: float, **_: object) -> T
 
 
 def wilcoxon(x: np.ndarray, y: np.ndarray, *, confidence: float, **_: object) -> TestOutcome:
-    """Signed-rank test (scipy defaults: exact for small n, zero differences dropped). The
-    interval is the paired t-interval of the mean difference, so every test reports the same
-    effect size."""
+    """Signed-rank test (scipy defaults: exact for small n, zero differences dropped, so ``n``
+    counts the nonzero differences it ranked). The interval is the paired t-interval of the mean
+    difference over all pairs, so every test reports the same effect size."""
     result = stats.wilcoxon(x, y)
     ci = stats.ttest_rel(x, y).confidence_interval(confidence)
+    ranked = int(np.count_nonzero(x - y))
     return TestOutcome(float(result.statistic), float(result.pvalue), float(np.mean(x - y)),
-                       float(ci.low), float(ci.high), float("nan"), len(x))
+                       float(ci.low), float(ci.high), float("nan"), ranked)
 
 
 def corrected(x: np.ndarray, y: np.ndarray, *, confidence: float,
@@ -91,8 +93,10 @@ def corrected(x: np.ndarray, y: np.ndarray, *, confidence: float,
 
         t = mean(d) / sqrt((1/n + n_test/n_train) * var(d)),   df = n - 1
 
-    The n_test/n_train term inflates the variance for the overlap between training sets of
-    different resamples, which makes the naive paired t-test over-confident.
+    The n_test/n_train term (``test_train_ratio``) stands for the correlation between resamples
+    that share training and test subjects, which makes the naive paired t-test over-confident.
+    n_train is the non-test data a resample's training set is drawn from (in synthmix: the
+    split's pool, ``n_pool_subjects``), not the size of a subset drawn from it.
     """
     if test_train_ratio is None or not np.isfinite(test_train_ratio) or test_train_ratio <= 0:
         raise ValueError("the corrected resampled t-test needs n_test/n_train > 0")
@@ -123,9 +127,18 @@ def _ratio(mean: float, se: float) -> float:
     return mean / se
 
 
+def cohens_dz(x: np.ndarray, y: np.ndarray) -> float:
+    """Cohen's d_z of paired samples: mean(x - y) / SD(x - y), the effect size of the paired
+    tests (it is what their t statistic is made of: t = d_z sqrt(n))."""
+    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    return _ratio(float(np.mean(d)), float(np.std(d, ddof=1)))
+
+
 def cohens_d(x: np.ndarray, y: np.ndarray) -> float:
-    """Standardised mean difference (mean(x) - mean(y)) / pooled SD: the classical d, the same
-    for every test so effect sizes compare across tests and designs."""
+    """Pooled-SD Cohen's d, (mean(x) - mean(y)) / pooled SD: the classical d, the same for
+    every test so effect sizes compare across tests and designs."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     nx, ny = len(x), len(y)
     if nx + ny < 3 or nx == 0 or ny == 0:

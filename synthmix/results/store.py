@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 import posixpath
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -23,12 +24,13 @@ import pyarrow.parquet as pq
 from synthmix.errors import SynthmixError
 
 RESULTS_DIR = "results"
+SUBJECTS_DIR = "results/subjects"  # results/subjects/<cell_id>.parquet: one row per test subject
 ERRORS_DIR = "errors"  # errors/<cell_id>.json: the last error of a cell that failed
 PLAN_FILE = "plan.json"
 DEFAULT_STORAGE = "./runs"
 #: Columns a results row has besides its factors and metrics (not factors, not metrics).
 DESIGN_COLUMNS = ("study", "cell_id", "fold", "repeat", "schema_version")
-COUNT_COLUMNS = ("n_train_subjects", "n_test_subjects", "n_train_slices")
+COUNT_COLUMNS = ("n_train_subjects", "n_pool_subjects", "n_test_subjects", "n_train_slices")
 
 
 class ResultsError(SynthmixError):
@@ -48,6 +50,7 @@ class ResultSet:
         files: the files the rows came from.
         baseline: the plan's baseline as ``"factor=level"``, or None.
         failed: ids of cells with an error file (their trial failed).
+        notes: what reading left out (rows of cells that are not in plan.json), one line each.
     """
 
     rows: pd.DataFrame
@@ -57,6 +60,7 @@ class ResultSet:
     files: list[str] = field(default_factory=list)
     baseline: str | None = None
     failed: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
 
 
 def default_storage() -> str:
@@ -70,20 +74,57 @@ def read_results(source: str | os.PathLike, *, storage: str | None = None) -> Re
     local file (.parquet/.pq or .csv) or folder (a study folder with ``results/`` and
     ``plan.json``, or a folder of Parquet/CSV files); else a study name under ``storage``
     (default ``$SYNTHMIX_STORAGE`` or ``./runs``, itself a path or URI).
+
+    With a plan.json, only rows whose ``cell_id`` the plan holds are kept (rule 7: a study's
+    tables hold only the rows of its plan); the others are named in ``notes``.
     """
+    return _read(source, storage, RESULTS_DIR, fallback=True)
+
+
+def read_subject_results(source: str | os.PathLike, *, storage: str | None = None) -> ResultSet:
+    """The per-subject rows of a study (``results/subjects/*.parquet``, one row per test subject
+    of each finished cell), kept to the cells of its plan like ``read_results``; or of one file."""
+    return _read(source, storage, SUBJECTS_DIR, fallback=False)
+
+
+def _read(source: str | os.PathLike, storage: str | None, folder: str, *, fallback: bool) -> ResultSet:
     text = os.fspath(source)
     fs, path = _resolve(text, storage)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         return ResultSet(rows=_read_file(fs, path), source=text, files=[path])
-    files = _data_files(fs, _join(path, RESULTS_DIR)) or _data_files(fs, path)
+    files = _data_files(fs, _join(path, folder)) or (_data_files(fs, path) if fallback else [])
     plan, factors, baseline = _read_plan(fs, _join(path, PLAN_FILE))
+    if not files and not fallback:
+        raise ResultsError(f"{text}: no per-subject results ({folder}/*.parquet) found (rows written "
+                           "before per-subject results existed have none)")
     if not files and plan is None:
         raise ResultsError(f"{text}: no Parquet or CSV results files and no {PLAN_FILE} found")
     tables = [_read_table(fs, f) for f in files]
     rows = _concat(tables).to_pandas() if tables else pd.DataFrame()
+    rows, notes = _keep_planned(rows, [posixpath.basename(f) for f in files], tables, plan)
     return ResultSet(rows=rows, plan=plan, factors=factors, source=text, files=files,
-                     baseline=baseline, failed=_failed_cells(fs, _join(path, ERRORS_DIR)))
+                     baseline=baseline, failed=_failed_cells(fs, _join(path, ERRORS_DIR)), notes=notes)
+
+
+def _keep_planned(rows: pd.DataFrame, names: list[str], tables: list[pa.Table],
+                  plan: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of planned cells only; a note names the files of the others (a dataset edited in
+    place gives new cell ids, and the old rows must not join the new ones)."""
+    if plan is None or rows.empty or "cell_id" not in plan.columns:
+        return rows, []
+    if "cell_id" not in rows.columns:
+        return rows.iloc[0:0], [f"{len(rows)} row(s) without a cell_id left out: a study's tables hold "
+                                f"only the cells of its {PLAN_FILE}"]
+    planned = rows["cell_id"].astype(str).isin(set(plan["cell_id"].astype(str)))
+    if planned.all():
+        return rows, []
+    origin = np.repeat(names, [t.num_rows for t in tables])
+    foreign = sorted(set(origin[~planned.to_numpy()]))
+    shown = ", ".join(foreign[:4]) + (f", and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+    note = (f"{int((~planned).sum())} row(s) of cells not in {PLAN_FILE} left out (from another plan, "
+            f"e.g. before the data changed): {shown}")
+    return rows.loc[planned].reset_index(drop=True), [note]
 
 
 def resolve_source(source: str | os.PathLike, storage: str | None = None) -> tuple[pafs.FileSystem, str]:

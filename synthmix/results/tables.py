@@ -35,7 +35,7 @@ def render(analysis: Analysis, fmt: str = "table", *, digits: int = 3) -> str:
 
 def footer(analysis: Analysis) -> list[str]:
     """What the table shows and how it was tested, then the design notes."""
-    lines = [f"{analysis.metric}: mean (std) n=rows per cell"]
+    lines = [f"{analysis.metric}: mean (std) n={analysis.unit} per cell"]
     if analysis.baseline_factor is not None:
         strata = [f for f in analysis.factors if f != analysis.baseline_factor]
         within = f", compared within the same {', '.join(strata)}" if strata else ""
@@ -43,6 +43,9 @@ def footer(analysis: Analysis) -> list[str]:
         lines.append(f"baseline (\u2020): {analysis.baseline_factor}={format_level(analysis.baseline_level)}{within}")
         lines.append(f"test: {analysis.test_label}; correction: {analysis.correction} over {tested} "
                      f"comparison(s); * or bold: significant at alpha={analysis.alpha:g} after correction")
+        if analysis.correction != "none" and tested > 1:
+            lines.append(f"confidence intervals: {(1 - analysis.alpha) * 100:g}% per comparison, not "
+                         f"adjusted for multiplicity ({analysis.correction} decides significance only)")
     return lines + analysis.notes
 
 

@@ -18,7 +18,9 @@ Identity and seeds (DESIGN rules 5 and 6):
   source): a changed pool draws a new pool from the same trained generator (``Plan.pool_jobs``).
 
 The compute estimate is a model, not a measurement of the study: per training step,
-a fixed overhead + a cost per (batch x pixel) sample, times the steps. The constants in
+a fixed overhead + a cost per (batch x pixel) sample, times the steps (per cell: a budget in
+real exposures trains more steps at higher synthetic shares; ``epochs_real`` assumes a
+phantom's size/2 slices per subject, or ``ASSUMED_SLICES`` for a manifest). The constants in
 ``STEP_COST`` were measured with one torch thread on the 2-CPU development VM (a shared x86
 cloud core): the default 4-level UNet (16-128 filters, Adam, batch 8) took 110 ms per step at
 32x32 and 265 ms at 64x64; the default DCGAN (resize-conv, 16 filters, batch 16, 2 WGAN-GP critic
@@ -50,6 +52,9 @@ STEP_COST = {"segmenter": (0.058, 6.3)}  # generators: each family's own ``cost`
 # import torch, then the final report) measured about 15 s on a quiet 2-CPU machine, up to 30 s
 # under load (benchmarks/orchestration_overhead.py); charged once per training.
 RAY_START_SECONDS = 15.0
+# Slices per subject assumed by the estimate of an epochs_real budget on a manifest's data (its
+# slice count is known only after preprocessing).
+ASSUMED_SLICES = 100
 # Short prefixes that keep cell ids readable; other factors show their level alone.
 _ID_PREFIX = {"real_fraction": "rf", "real_count": "rc", "synthetic": "syn"}
 
@@ -355,6 +360,23 @@ def _budget(config: dict) -> tuple[int, int]:
     return int(config.get("max_steps", defaults.max_steps)), int(config.get("batch_size", defaults.batch_size))
 
 
+def _cell_steps(plan: Plan, cell: Cell) -> int:
+    """A cell's segmentation steps: max_steps, or its real-exposure budget at its synthetic share."""
+    s = plan.study
+    if not s.segmenter.get("budget"):
+        return _budget(s.segmenter)[0]
+    from synthmix.datasets.mixing import MIXING_POLICIES
+    from synthmix.trainers.segmentation import build_segmentation_config, training_steps
+
+    config = build_segmentation_config(s.segmenter_config(cell.factors.get("architecture", "unet"),
+                                                          cell.factors.get("augmentation", "none")))
+    per_subject = s.dataset.phantom.size // 2 if s.dataset.phantom else ASSUMED_SLICES
+    n_real = per_subject * len(plan.splits.get(cell.fold, cell.repeat, cell.amount).train)
+    share = MIXING_POLICIES.get(s.mixing.policy).real_share(cell.factors["synthetic"], n_real=n_real,
+                                                            batch_size=config.batch_size)
+    return training_steps(config, n_real=n_real, real_share=share)
+
+
 def generator_seconds(job: GeneratorJob, pixels: int) -> float:
     """The family's own cost model (one CPU core), or 0 for a family without one."""
     from synthmix.trainers.generators import GENERATORS
@@ -376,7 +398,8 @@ def estimate(plan: Plan) -> dict:
     s, r = plan.study, plan.study.resources
     pixels = _image_pixels(s)
     seg_steps, seg_batch = _budget(s.segmenter)
-    seg = len(plan.cells) * seg_steps * _step_seconds("segmenter", seg_batch, pixels)
+    cell_steps = [_cell_steps(plan, c) for c in plan.cells]
+    seg = sum(cell_steps) * _step_seconds("segmenter", seg_batch, pixels)
     gen = sum(generator_seconds(job, pixels) for job in plan.generator_jobs.values())
     overhead = (len(plan.cells) + len(plan.generator_jobs)) * RAY_START_SECONDS
     cpus = r.workers * r.cpus_per_worker
@@ -385,7 +408,7 @@ def estimate(plan: Plan) -> dict:
     return {
         "per_trial": {"workers": r.workers, "cpus_per_worker": r.cpus_per_worker,
                       "gpus_per_worker": r.gpus_per_worker, "cpus": cpus, "gpus": r.workers * r.gpus_per_worker},
-        "image_pixels": pixels, "segmenter_steps": seg_steps, "segmenter_batch": seg_batch,
+        "image_pixels": pixels, "segmenter_steps": max(cell_steps, default=seg_steps), "segmenter_batch": seg_batch,
         "segmenter_cpu_seconds": round(seg, 1), "generator_cpu_seconds": round(gen, 1),
         "ray_start_seconds": round(overhead, 1),
         "total_cpu_seconds": round(total, 1), "parallel_trials": parallel,

@@ -30,7 +30,10 @@ A fully commented example (every section; defaults noted)::
       - {real_fraction: 0.5, synthetic: 1.0}   # a level or a list of levels per factor
     segmenter:                     # build_segmentation_config options, minus architecture,
       max_steps: 60                # augmentation (from the factors) and seed (derived per cell)
-      batch_size: 8
+      # budget: {real_draws: 480}  # or, instead of max_steps, a budget in real exposures:
+                                   # {epochs_real: E} passes over the real slices, or
+                                   # {real_draws: N} real items; synthetic data adds steps
+      batch_size: 8                # the global batch, split over resources.workers
       network: {levels: 3}         # options of the one architecture, or per architecture:
       # networks: {unet: {levels: 3}, uresnet: {levels: 3, num_res_units: 2}}
     generator:                     # required when some synthetic level uses synthetic data
@@ -50,6 +53,8 @@ A fully commented example (every section; defaults noted)::
     mixing:
       policy: additive             # additive | probability | minibatch | count | synthetic_only
       source: pool                 # pool (sampled once per generator) | on_the_fly
+      draw: fixed                  # additive/count: fixed (the pool's first m samples) | fresh
+                                   # (uniform over the whole pool at the same synthetic share)
     statistics:
       test: auto                   # auto | student (the papers') | welch | paired | wilcoxon
                                    # | corrected (resampled t-test): the STAT_TESTS registry
@@ -57,16 +62,21 @@ A fully commented example (every section; defaults noted)::
       alpha: 0.05
       baseline: {synthetic: 0}     # default: the synthetic level that uses no synthetic data
     resources:
-      workers: 1                   # Ray Train workers per training
+      workers: 1                   # Ray Train workers per training (in the fingerprint)
       cpus_per_worker: 1
       gpus_per_worker: 0
       max_concurrent_trials: null  # null: derived from the cluster
       max_failures: 1              # retries of a failed trial
 
 ``fingerprint()`` hashes what can change a cell's result (seed, dataset, split, the real-amount
-levels, segmenter, generator, mixing) and leaves out name, description, statistics, resources,
-exclude and the other factors' level lists, so adding an architecture to a finished study keeps
-the ids (and results) of its finished cells.
+levels, segmenter, generator, mixing, and ``resources.workers``) and leaves out name,
+description, statistics, the other resources, exclude and the other factors' level lists, so
+adding an architecture to a finished study keeps the ids (and results) of its finished cells.
+Batches are global and drawn alike on any number of workers, but the number of workers still
+changes results (batch-norm statistics and the Dice loss are computed per rank's share), so a
+study resumed with another ``workers`` is a different study. Options added later are hashed only
+when they differ from their default (``workers: 1``, ``mixing.draw: fixed``), so the ids of
+studies written before them stay the same.
 """
 
 from __future__ import annotations
@@ -80,7 +90,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from synthmix.datasets.mixing import MIXING_POLICIES, SOURCES
+from synthmix.datasets.mixing import DRAWS, MIXING_POLICIES, SOURCES
 from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
@@ -146,6 +156,7 @@ class GeneratorSection:
 class MixingSection:
     policy: str
     source: str
+    draw: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,10 @@ class Study:
         if without_pool and kept["generator"]:
             kept["generator"] = {k: v for k, v in kept["generator"].items() if k != "pool"}
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
+        if kept["mixing"].get("draw") == "fixed":  # the default: hashed as before it existed
+            del kept["mixing"]["draw"]
+        if self.resources.workers != 1:
+            kept["workers"] = self.resources.workers
         return content_hash(kept)
 
 
@@ -365,10 +380,15 @@ def _split(raw: Any, problems: _Problems) -> SplitSection:
 
 
 def _mixing(raw: Any, problems: _Problems) -> MixingSection:
-    m = _mapping(raw, "mixing", problems, ("policy", "source"))
-    return MixingSection(
+    m = _mapping(raw, "mixing", problems, ("policy", "source", "draw"))
+    section = MixingSection(
         policy=_choice(m, "policy", "mixing", problems, default="additive", choices=MIXING_POLICIES.names()),
-        source=_choice(m, "source", "mixing", problems, default="pool", choices=SOURCES))
+        source=_choice(m, "source", "mixing", problems, default="pool", choices=SOURCES),
+        draw=_choice(m, "draw", "mixing", problems, default="fixed", choices=DRAWS))
+    if section.draw == "fresh" and section.policy == "synthetic_only":
+        problems.add("mixing.draw", "fresh makes every synthetic_only level the same (the level is the "
+                     "number of distinct samples); use fixed")
+    return section
 
 
 def _level_parser(name: str, mixing: MixingSection) -> Callable[[Any], Any]:
@@ -598,16 +618,26 @@ def _resources(raw: Any, problems: _Problems) -> ResourcesSection:
 
 
 def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | None,
-                  generator: GeneratorSection | None, resources: ResourcesSection, problems: _Problems) -> None:
+                  generator: GeneratorSection | None, resources: ResourcesSection, problems: _Problems,
+                  *, segmenter: dict) -> None:
     """Checks that need several sections: policy levels against the batch size and source, a
     fixed pool large enough for an absolute synthetic count, filters that need a whole pool
-    against on-the-fly sampling, and global batches against the number of workers."""
+    against on-the-fly sampling, global batches against the number of workers, and a
+    real-exposure budget only for levels that draw real data."""
+    if isinstance(batch_size, int) and resources.workers > 1 and batch_size % resources.workers:
+        problems.add("segmenter.batch_size", f"{batch_size} is the global batch and must split evenly "
+                     f"over resources.workers={resources.workers}")
     if mixing.policy not in MIXING_POLICIES:
         return
     policy = MIXING_POLICIES.get(mixing.policy)
+    budget = segmenter.get("budget")
     for i, level in enumerate(study_factors.get("synthetic", ())):
         for msg in policy.check(level, batch_size=batch_size, source=mixing.source):
             problems.add(f"factors.synthetic[{i}]", msg)
+        if isinstance(budget, dict) and budget and isinstance(batch_size, int) and \
+                policy.real_share(level, n_real=1, batch_size=batch_size) == 0:
+            problems.add(f"factors.synthetic[{i}]", f"{level!r} draws no real data, so segmenter.budget "
+                         f"({', '.join(budget)}) in real exposures never ends; use segmenter.max_steps")
     if not generator:
         return
     pool_size = generator.pool.get("size", 512)
@@ -663,7 +693,7 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     generator = _generator(top.get("generator"), factors, needs_generator, problems)
     statistics = _statistics(top.get("statistics"), factors, mixing, problems)
     resources = _resources(top.get("resources"), problems)
-    _cross_checks(factors, mixing, batch_size, generator, resources, problems)
+    _cross_checks(factors, mixing, batch_size, generator, resources, problems, segmenter=segmenter)
     problems = [p.lstrip(".") if p.startswith(".") else p for p in problems]
     if problems:
         raise StudyError(problems, source)

@@ -5,11 +5,20 @@ evaluate the selected weights on the test subjects.
 iteration-based loop (validation every ``val_every`` steps, best-by-validation-Dice weights,
 003's stopping rule or a fixed budget, checkpoints), then evaluation per test subject.
 
-Reproducibility: every step's randomness (the batch drawn by the sampler, the augmentation, the
-torch global RNG used by dropout) is seeded from (seed, rank, step), so a run resumed from a
-checkpoint draws exactly what the uninterrupted run would have, and each DDP rank draws its own
-batches. The checkpoint holds the weights, Adam's moments, the AMP scaler, the best weights and
-the validation history.
+Reproducibility: every step's batch and its augmentation are seeded from (seed, step) alone.
+``batch_size`` is the *global* batch: every rank draws the same global batch, augments it the
+same way, shuffles it with the same permutation and trains on its own 1/world_size share, so 1
+and N workers see the same sequence of training items (only the torch global RNG used by
+dropout also takes the rank). A run resumed from a checkpoint draws exactly what the
+uninterrupted run would have. The checkpoint holds the weights, Adam's moments, the AMP scaler,
+the best weights, the validation history and the real/synthetic draw counts.
+
+Budget: ``max_steps`` optimiser steps, or ``budget`` counted in real exposures so that adding
+synthetic data adds steps instead of taking real draws away: ``{epochs_real: E}`` trains
+ceil(E * n_real_slices / (batch_size * real_share)) steps (E passes over the real training
+slices), ``{real_draws: N}`` ceil(N / (batch_size * real_share)) steps (N real items, whatever
+the subset's size), where real_share is the sampler's expected share of real items per draw.
+Either way 003's early-stopping rule may end training sooner.
 """
 
 from __future__ import annotations
@@ -54,8 +63,10 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
         architecture: NETWORKS entry; ``network`` its options.
         loss: LOSSES entry (weighted losses take class weights from the real training labels).
         lr, betas: Adam's learning rate and moment decay rates.
-        batch_size: slices per step and per rank.
-        max_steps: hard budget of optimiser steps.
+        batch_size: slices per step, over all ranks (split across them; must divide evenly).
+        max_steps: budget of optimiser steps (when ``budget`` is not given).
+        budget: None, ``{epochs_real: E}`` or ``{real_draws: N}``: the budget counted in real
+            exposures instead of steps (see the module docstring); give it or max_steps.
         val_every: steps between validations on the real validation subjects.
         early_stop: None for a fixed budget, or (min_steps, patience): 003's rule, train at least
             min_steps and stop once patience steps passed without a new best validation Dice.
@@ -77,6 +88,7 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = 16
     max_steps: int = 200
+    budget: dict | None = None
     val_every: int = 25
     early_stop: tuple[int, int] | None = None
     augmentation: str = "none"
@@ -96,6 +108,8 @@ def build_segmentation_config(d: dict[str, Any], source: str = "segmentation") -
     """Validate a config dict (YAML ``segmentation:`` section); every problem is reported at once,
     each naming its field, in one StudyError."""
     problems = [f"unknown field {k!r}; known: {', '.join(CONFIG_FIELDS)}" for k in d if k not in CONFIG_FIELDS]
+    if d.get("budget") is not None and "max_steps" in d:
+        problems.append("budget: give max_steps (optimiser steps) or budget (real exposures), not both")
     values = {k: v for k, v in d.items() if k in CONFIG_FIELDS}
     for key in ("betas", "early_stop"):
         if isinstance(values.get(key), list):
@@ -136,10 +150,39 @@ def _config_problems(c: SegmentationConfig) -> list[str]:
     if isinstance(c.checkpoint_every, int) and isinstance(c.val_every, int) and c.val_every >= 1 \
             and c.checkpoint_every % c.val_every:
         p.append(f"checkpoint_every: must be a multiple of val_every ({c.val_every}), got {c.checkpoint_every}")
+    p += _budget_problems(c.budget)
     if c.early_stop is not None and not (isinstance(c.early_stop, tuple) and len(c.early_stop) == 2
                                          and all(isinstance(v, int) and v >= 1 for v in c.early_stop)):
         p.append(f"early_stop: must be null or [min_steps, patience] (positive integers), got {c.early_stop!r}")
     return p
+
+
+BUDGET_KINDS = ("epochs_real", "real_draws")
+
+
+def _budget_problems(budget: Any) -> list[str]:
+    if budget is None:
+        return []
+    if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KINDS:
+        return [f"budget: must be {{epochs_real: E}} or {{real_draws: N}}, got {budget!r}"]
+    (kind, value), = budget.items()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not math.isfinite(value):
+        return [f"budget.{kind}: must be a positive number, got {value!r}"]
+    return []
+
+
+def training_steps(config: SegmentationConfig, *, n_real: int, real_share: float) -> int:
+    """Optimiser steps of a training: ``max_steps``, or the real-exposure budget divided by the
+    real items a step draws (``batch_size * real_share``)."""
+    if config.budget is None:
+        return config.max_steps
+    (kind, value), = config.budget.items()
+    if real_share <= 0:
+        raise StudyError([f"budget.{kind}: this cell draws no real data (all synthetic), so a budget "
+                          "counted in real exposures never ends; use max_steps"], "segmentation")
+    real_items = value * n_real if kind == "epochs_real" else value
+    return max(1, math.ceil(round(real_items / (config.batch_size * real_share), 9)))
 
 
 # ----------------------------------------------------------------------------- data
@@ -154,15 +197,21 @@ class BatchSampler(Protocol):
 
 
 class RealSampler:
-    """Draws slices uniformly, with replacement, from the real training slices."""
+    """Draws slices uniformly, with replacement, from the real training slices. Like every
+    sampler it says its share of real items (``real_share``) and what its latest batch held
+    (``last_draws`` = (real, synthetic) items)."""
+
+    real_share = 1.0
 
     def __init__(self, train: SliceSet):
         if len(train) == 0:
             raise DataError("RealSampler: the training set has no slices")
         self.train = train
+        self.last_draws = (0, 0)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         idx = rng.integers(0, len(self.train), size=batch_size)
+        self.last_draws = (batch_size, 0)
         return self.train.images[idx], self.train.labels[idx]
 
 
@@ -206,13 +255,16 @@ def _check_batch(images: np.ndarray, labels: np.ndarray, batch_size: int, train:
 @dataclass
 class SegmentationResult:
     """metrics: test means over subjects (``dice_mean``, ``hd95_1``, ...) and ``per_subject``
-    (one dict per test subject, with its ``subject`` id). val_history: [{step, val_dice}]."""
+    (one dict per test subject, with its ``subject`` id). val_history: [{step, val_dice}].
+    real_draws, synthetic_draws: training items drawn from each, over all ranks."""
 
     metrics: dict
     best_step: int
     steps_done: int
     val_history: list[dict]
     timings: dict[str, float]
+    real_draws: int = 0
+    synthetic_draws: int = 0
 
 
 @dataclass
@@ -225,6 +277,8 @@ class _Progress:
     best_state: dict | None = None
     val_history: list[dict] = field(default_factory=list)
     finished: bool = False
+    real_draws: int = 0
+    synthetic_draws: int = 0
 
 
 # ----------------------------------------------------------------------------- training
@@ -255,7 +309,9 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     augment = build_augmentation(config.augmentation, config.augmentation_params)
     sampler = data.sampler or RealSampler(data.train)
-    rank = context.world_rank
+    _check_world(config, context)
+    max_steps = training_steps(config, n_real=len(data.train),
+                               real_share=_real_share(sampler) if config.budget else 1.0)
 
     progress = _Progress()
     checkpoint = context.latest_checkpoint()
@@ -269,14 +325,8 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
     tick = time.perf_counter()
     while not progress.finished:
         step = progress.step
-        rng, aug_gen = _step_random(config.seed, rank, step)
-        images, labels = sampler.sample(config.batch_size, rng)
-        if not checked:  # the first batch of this attempt: a wrong sampler fails here, clearly
-            _check_batch(images, labels, config.batch_size, data.train)
-            checked = True
-        x = torch.as_tensor(images, dtype=torch.float32).to(device, non_blocking=True)
-        y = torch.as_tensor(labels, dtype=torch.int64).to(device, non_blocking=True)
-        x, y = augment(x, y, aug_gen)
+        x, y = _rank_batch(sampler, augment, config, step, context, data.train, check=not checked)
+        checked = True  # the first batch of this attempt: a wrong sampler fails there, clearly
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             loss = loss_fn(model(x), y)
         loss_value = _mean_over_ranks(loss.detach(), context)  # every rank raises, or none
@@ -289,8 +339,11 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
         scaler.update()
         losses.append(loss_value)
         progress.step = step + 1
+        real, synthetic = getattr(sampler, "last_draws", (config.batch_size, 0))
+        progress.real_draws += real
+        progress.synthetic_draws += synthetic
 
-        if progress.step % config.val_every and progress.step < config.max_steps:
+        if progress.step % config.val_every and progress.step < max_steps:
             continue
         timings["train_s"] += time.perf_counter() - tick
         tick = time.perf_counter()
@@ -298,7 +351,7 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
         timings["val_s"] += time.perf_counter() - tick
         model.train()
         _record_validation(progress, val_dice, net)
-        progress.finished = _should_stop(progress, config)
+        progress.finished = _should_stop(progress, config, max_steps)
         _report(context, config, progress, model, optimizer, scaler, float(np.mean(losses)), val_dice)
         losses = []
         tick = time.perf_counter()
@@ -315,16 +368,57 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
     timings["eval_s"] += time.perf_counter() - tick
     return SegmentationResult(metrics={**aggregate, "per_subject": per_subject},
                               best_step=progress.best_step, steps_done=progress.step,
-                              val_history=list(progress.val_history), timings=timings)
+                              val_history=list(progress.val_history), timings=timings,
+                              real_draws=progress.real_draws, synthetic_draws=progress.synthetic_draws)
 
 
-def _step_random(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
-    """The step's random streams: numpy for the sampler, torch for augmentation, and the torch
-    global RNG (dropout), all from (seed, rank, step) so resuming and DDP ranks need no RNG state."""
-    rng = np.random.default_rng([seed, rank, step])
-    torch.manual_seed(int(rng.integers(2**62)))
-    aug_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    return rng, aug_gen
+def _real_share(sampler: BatchSampler) -> float:
+    share = getattr(sampler, "real_share", None)
+    if share is None:
+        raise DataError(f"sampler {type(sampler).__name__} has no real_share (the expected share of "
+                        "real items per draw), which a budget in real exposures needs")
+    return float(share)
+
+
+def _check_world(config: SegmentationConfig, context: TrainContext) -> None:
+    if config.batch_size % context.world_size:
+        raise StudyError([f"batch_size: {config.batch_size} is the global batch and must split evenly "
+                          f"over the {context.world_size} workers"], "segmentation")
+
+
+def _step_random(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The step's random streams from (seed, step): numpy for the sampler and the shuffle, torch
+    for augmentation. Resuming needs no RNG state, and every rank draws the same global batch."""
+    rng = np.random.default_rng([seed, step])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def global_batch(sampler: BatchSampler, augment, config: SegmentationConfig, step: int,
+                 train: SliceSet, device: torch.device | str = "cpu", *,
+                 check: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's whole batch as every rank draws it: sampled and augmented from (seed, step),
+    then shuffled, so that a rank's share does not depend on the order a sampler returns items
+    in (real first, then synthetic)."""
+    rng, aug_gen = _step_random(config.seed, step)
+    images, labels = sampler.sample(config.batch_size, rng)
+    if check:
+        _check_batch(images, labels, config.batch_size, train)
+    x = torch.as_tensor(images, dtype=torch.float32).to(device, non_blocking=True)
+    y = torch.as_tensor(labels, dtype=torch.int64).to(device, non_blocking=True)
+    x, y = augment(x, y, aug_gen)
+    order = torch.as_tensor(rng.permutation(config.batch_size), device=x.device)
+    return x[order], y[order]
+
+
+def _rank_batch(sampler: BatchSampler, augment, config: SegmentationConfig, step: int,
+                context: TrainContext, train: SliceSet, *, check: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's 1/world_size share of the step's global batch. The torch global RNG (dropout)
+    is seeded from (seed, step, rank)."""
+    x, y = global_batch(sampler, augment, config, step, train, context.device, check=check)
+    torch.manual_seed(int(np.random.default_rng([config.seed, step, context.world_rank]).integers(2**62)))
+    share = config.batch_size // context.world_size
+    part = slice(context.world_rank * share, (context.world_rank + 1) * share)
+    return x[part], y[part]
 
 
 def _record_validation(progress: _Progress, val_dice: float, net: nn.Module) -> None:
@@ -335,9 +429,9 @@ def _record_validation(progress: _Progress, val_dice: float, net: nn.Module) -> 
         progress.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
-def _should_stop(progress: _Progress, config: SegmentationConfig) -> bool:
-    """Fixed budget, or 003's rule: at least min_steps, and patience steps after the last best."""
-    if progress.step >= config.max_steps:
+def _should_stop(progress: _Progress, config: SegmentationConfig, max_steps: int) -> bool:
+    """The budget's steps, or 003's rule: at least min_steps, and patience steps after the last best."""
+    if progress.step >= max_steps:
         return True
     if config.early_stop is None:
         return False
@@ -371,7 +465,8 @@ def _report(context: TrainContext, config: SegmentationConfig, progress: _Progre
     try:
         extra = {"best_dice": progress.best_dice, "best_step": progress.best_step,
                  "best_state": progress.best_state, "val_history": progress.val_history,
-                 "finished": progress.finished}
+                 "finished": progress.finished, "real_draws": progress.real_draws,
+                 "synthetic_draws": progress.synthetic_draws}
         save_checkpoint(tmp, step=progress.step, models={"model": model},
                         optimizers={"adam": optimizer, "scaler": scaler}, extra=extra)
         context.report(metrics, checkpoint_dir=tmp)
@@ -385,7 +480,8 @@ def _resume(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer
                                   optimizers={"adam": optimizer, "scaler": scaler})
     return _Progress(step=step, best_dice=extra["best_dice"], best_step=extra["best_step"],
                      best_state=extra["best_state"], val_history=list(extra["val_history"]),
-                     finished=extra["finished"])
+                     finished=extra["finished"], real_draws=extra.get("real_draws", 0),
+                     synthetic_draws=extra.get("synthetic_draws", 0))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -450,4 +546,5 @@ def _mean_over_ranks(value: torch.Tensor, context: TrainContext) -> float:
 
 
 __all__ = ["SegmentationConfig", "build_segmentation_config", "SegmentationData", "BatchSampler",
-           "RealSampler", "SegmentationResult", "train_segmentation", "evaluate", "predict_volume"]
+           "RealSampler", "SegmentationResult", "train_segmentation", "training_steps", "global_batch",
+           "evaluate", "predict_volume"]
