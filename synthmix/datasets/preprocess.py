@@ -6,7 +6,7 @@ without files: ``remap_labels``, ``crop_volume``, ``volume_to_slices``, ``resamp
 run. The slicing steps happen once when the cache is built, in this order: class remap, region
 of interest (``crop``, in the reoriented volume's voxels), slicing along ``axis``, in-plane
 ``resize`` or ``spacing`` (images bilinear with anti-aliasing, labels nearest-neighbour:
-MONAI's ``Resize``), ``pad_to``. ``skip_empty`` and patches happen when training slices are
+torch's ``interpolate``), ``pad_to``. ``skip_empty`` and patches happen when training slices are
 loaded, and never for evaluation volumes. ``slice_geometry`` computes what these steps make of a
 subject from its shape and affine alone, so ``synthmix plan`` can check a study against the
 NIfTI headers without reading any voxel.
@@ -419,19 +419,22 @@ def crop_volume(image: np.ndarray, label: np.ndarray | None, box: tuple[slice, s
 def resample_slices(images: np.ndarray, labels: np.ndarray, size: tuple[int, int]
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(D, C, H, W) images bilinear (anti-aliased when shrinking) and (D, H, W) labels
-    nearest-neighbour to in-plane ``size``, with MONAI's Resize (pixel-area alignment, so the
-    new spacing is old x H / size)."""
+    nearest-neighbour to in-plane ``size``, with pixel-area alignment (the field of view is
+    kept, so the new spacing is old x H / size). torch's ``interpolate``, the function MONAI's
+    ``Resize`` wraps, called directly: its own ``antialias`` filter handles the borders,
+    where MONAI's Gaussian pre-filter pads with zeros and darkens the edge of every slice."""
     import torch
-    from monai.transforms import Resize
+    import torch.nn.functional as F
 
     d, c, h, w = images.shape
     if (h, w) == tuple(size):
         return images, labels
-    flat = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32).reshape(d * c, h, w))
-    out = Resize(tuple(size), mode="bilinear", anti_aliasing=True)(flat)
-    lab = Resize(tuple(size), mode="nearest-exact")(torch.from_numpy(np.asarray(labels, dtype=np.float32)))
-    images = np.asarray(torch.as_tensor(out), dtype=np.float32).reshape(d, c, *size)
-    return images, np.rint(np.asarray(torch.as_tensor(lab))).astype(labels.dtype)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    out = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                        antialias=bool(size[0] < h or size[1] < w))
+    lab = F.interpolate(torch.from_numpy(np.asarray(labels, dtype=np.float32))[:, None], size=tuple(size),
+                        mode="nearest-exact")[:, 0]
+    return out.numpy(), np.rint(lab.numpy()).astype(labels.dtype)
 
 
 def nonempty_slices(labels: np.ndarray) -> np.ndarray:
