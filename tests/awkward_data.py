@@ -43,8 +43,8 @@ def subject_volumes(shape: tuple[int, int, int], affine: np.ndarray, seed: int
     world = idx @ affine[:3, :3].T + affine[:3, 3]
     x, y = world[..., 0] - rng.uniform(-2, 2), world[..., 1] - rng.uniform(-2, 2)
     label = np.zeros(shape, np.uint8)
-    label[(x / 13.0) ** 2 + (y / 10.0) ** 2 <= 1] = 1
-    label[((x - 3) / 4.0) ** 2 + (y / 3.5) ** 2 <= 1] = 2
+    label[(x / 10.0) ** 2 + (y / 8.0) ** 2 <= 1] = 1
+    label[((x - 2.5) / 3.5) ** 2 + (y / 3.0) ** 2 <= 1] = 2
     label[..., 0] = 0  # an empty slice at one end of every volume
     t1 = np.choose(label, [10.0, 100.0, 40.0]) + rng.normal(0, 6, shape)
     t2 = np.choose(label, [5.0, 50.0, 120.0]) + rng.normal(0, 6, shape)
