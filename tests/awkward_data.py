@@ -69,3 +69,33 @@ def write_awkward_dataset(out: str | Path) -> Path:
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
+
+
+def awkward_study_yaml(manifest: str | Path, *, preprocess: str, pool_size: int = 128, synthetic: str = "[0, 1.0]",
+                       segmenter: str = "") -> str:
+    """A tiny study over the awkward dataset; ``preprocess`` is the flow mapping's body."""
+    return f"""\
+name: awkward
+seed: 0
+dataset:
+  manifest: {manifest}
+  preprocess: {{{preprocess}}}
+split: {{test: 0.25, val: 0.25, repeats: 1}}
+factors:
+  real_fraction: [1.0]
+  synthetic: {synthetic}
+  architecture: [unet]
+segmenter:
+  network: {{levels: 2, base_filters: 4, doubling: true, batch_norm: true}}
+  batch_size: 4
+  max_steps: 10
+  val_every: 5
+  checkpoint_every: 5
+  {segmenter}
+generator:
+  name: dcgan_wgangp
+  config: {{base_filters: 8, latent_dim: 16, batch_size: 8, steps: 4, checkpoint_every: 2, pool_size: {pool_size},
+           quality_samples: 16}}
+mixing: {{policy: additive, source: pool}}
+resources: {{workers: 1, cpus_per_worker: 1, max_failures: 0}}
+"""

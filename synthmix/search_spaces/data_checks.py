@@ -204,7 +204,7 @@ def _check_config(study: Any, config: Any, splits: list, headers: dict, where: s
     in-plane spacings it gives, or None when the slices cannot be made."""
     sizes, spacing, depth = _sizes(config, headers, problems, where)
     size = _common_size(sizes, problems, where)
-    if size is None:
+    if size is None or len(sizes) < len(headers):  # some subject's slices cannot be made
         return None
     if config.patch_size and any(p > s for p, s in zip(config.patch_size, size)):
         problems.append(f"dataset.preprocess.patch_size{where}: {list(config.patch_size)} is larger than the "
