@@ -94,8 +94,9 @@ segmenter:
   {segmenter}
 generator:
   name: dcgan_wgangp
-  config: {{base_filters: 8, latent_dim: 16, batch_size: 8, steps: 4, checkpoint_every: 2, pool_size: {pool_size},
-           quality_samples: 16}}
+  config: {{base_filters: 8, latent_dim: 16, batch_size: 8, steps: 4, checkpoint_every: 2}}
+  pool: {{size: {pool_size}}}
+  quality: {{samples: 16, reference_steps: 5}}
 mixing: {{policy: additive, source: pool}}
 resources: {{workers: 1, cpus_per_worker: 1, max_failures: 0}}
 """

@@ -40,21 +40,18 @@ IMPOSSIBLE = {
         "axis: 2", {},
         "dataset.preprocess: the subjects' slices come out in different sizes: 45x37 (sub-01, sub-03a, sub-06); "
         "47x39 (sub-04); 49x41 (sub-07); 51x40 (sub-02, sub-03b, sub-05); set dataset.preprocess.resize"),
-    "the generator's square sizes": (
-        "resize: [48, 40]", {},
-        "generator: dcgan_wgangp learns square 32, 64, 128, 256-pixel slices only, and the training slices are "
-        "48x40; set dataset.preprocess.resize: [32, 32] or dataset.preprocess.resize: [64, 64] or patch_size: 32"),
-    "the generator's minimum size": (
-        "resize: [16, 16]", {},
-        "generator: dcgan_wgangp learns square 32, 64, 128, 256-pixel slices only, and the training slices are 16x16"),
+    "slices too large for the generator": (
+        "resize: [300, 260]", {},
+        "generator: dcgan_wgangp cannot learn the training slices of 300x260: slices of 300x260 exceed the "
+        "largest DCGAN size 256"),
     "a crop box outside a volume": (
         "crop: {box: [[0, 46], [0, 30], [0, 6]]}, resize: 32", {},
         "dataset.preprocess.crop.box: subject sub-01: preprocess.crop.box [[0, 46], [0, 30], [0, 6]] reaches beyond "
         "the volume of shape 45x37x6"),
     "a pool smaller than an additive level draws": (
         "resize: [48, 40], patch_size: 32, patch_stride: 16", {"pool_size": 90},
-        "generator.config.pool_size: 90 is too small: the additive level 1 of the largest training subset "
-        "(96 real patches) draws 96 distinct synthetic samples; set pool_size to at least 96"),
+        "generator.pool.size: 90 is too small: the additive level 1 of the largest training subset "
+        "(96 real patches) draws 96 distinct synthetic samples; set it to at least 96"),
     "a sliding window option without sliding windows": (
         "resize: 32", {"segmenter": "window_size: 16"},
         "segmenter.window_size: only with inference: sliding_window"),
@@ -94,8 +91,8 @@ def test_a_valid_awkward_study_plans_with_its_shapes_and_fitted_crops(awkward, t
 def test_run_refuses_before_any_ray_process_starts(awkward, tmp_path):
     assert not ray.is_initialized()
     path = tmp_path / "study.yaml"
-    path.write_text(awkward_study_yaml(awkward, preprocess="resize: [48, 40]"))
-    with pytest.raises(StudyError, match="generator: dcgan_wgangp learns square"):
+    path.write_text(awkward_study_yaml(awkward, preprocess="axis: 2"))  # found from the headers only
+    with pytest.raises(StudyError, match="slices come out in different sizes"):
         run_study(path, storage=tmp_path / "runs", quiet=True)
     assert not ray.is_initialized()
     assert not (tmp_path / "runs" / "awkward" / "ray").exists()

@@ -10,8 +10,9 @@ from matplotlib.image import imread
 
 from synthmix.datasets.arrays import SliceSet
 from synthmix.trainers.context import LocalContext
-from synthmix.trainers.generators import GENERATORS
+from synthmix.trainers.generators import GENERATORS, GeneratorData
 from synthmix.trainers.generators.artifact import save_sample_grid
+from synthmix.trainers.generators.flow import GeneratorSpec, train_generator
 from synthmix.trainers.networks import NETWORKS, build_network
 
 TINY_NETWORKS = {
@@ -20,8 +21,7 @@ TINY_NETWORKS = {
     "deepmedic2d": dict(filters=[4, 4, 6, 6, 6, 6, 8, 8], fc_filters=8),
     "fcn8s": dict(base_filters=4, fc_filters=8),
 }
-TINY_GENERATORS = {"dcgan_wgangp": dict(latent_dim=8, base_filters=4, batch_size=4, steps=2, checkpoint_every=2,
-                                        pool_size=4, quality_samples=4)}
+TINY_GENERATORS = {"dcgan_wgangp": dict(latent_dim=8, base_filters=4, batch_size=4, steps=2, checkpoint_every=2)}
 
 
 def test_every_family_has_a_tiny_case():
@@ -56,18 +56,20 @@ def four_channel_slices(n: int = 6, size: int = 32, channels: int = 4) -> SliceS
 @pytest.mark.parametrize("channels", [2, 4])
 @pytest.mark.parametrize("name", sorted(TINY_GENERATORS))
 def test_every_generator_family_learns_and_samples_every_modality(name, channels, tmp_path):
-    family = GENERATORS.get(name)
-    data = four_channel_slices(channels=channels)
-    artifact = family.train(family.config(TINY_GENERATORS[name]), data, LocalContext(checkpoint_root=tmp_path / "c"),
-                            tmp_path / "artifact")
-    images, labels = artifact.sample(3, seed=0)
-    assert images.shape == (3, channels, 32, 32) and labels.shape == (3, 32, 32)
-    assert np.isfinite(images).all() and len({float(images[:, c].std()) for c in range(channels)}) == channels
-    assert artifact.pool().images.shape[1] == channels
+    data = four_channel_slices(channels=channels, size=24)  # not a size the DCGAN builds: padded to 32
+    spec = GeneratorSpec(key="k", name=name, seed=0, config=TINY_GENERATORS[name],
+                         quality={"samples": 8, "reference_steps": 2})
+    artifact = train_generator(spec, GeneratorData(data), LocalContext(checkpoint_root=tmp_path / "c"),
+                               tmp_path / "artifact")
+    samples = artifact.sample(3, seed=0)
+    assert samples.images.shape == (3, channels, 24, 24) and samples.labels.shape == (3, 24, 24)
+    assert np.isfinite(samples.images).all()
+    assert len({float(samples.images[:, c].std()) for c in range(channels)}) == channels
+    assert (artifact.path / "samples.png").is_file()
 
 
 def test_sample_grid_has_a_panel_per_modality(tmp_path):
-    data = four_channel_slices(n=4, channels=3)
+    data = four_channel_slices(n=4, channels=3)  # 32x32
     one = save_sample_grid(data.images[:4, :1], data.labels[:4], tmp_path / "one.png", num_classes=3, ncols=4)
     three = save_sample_grid(data.images[:4], data.labels[:4], tmp_path / "three.png", num_classes=3, ncols=4,
                              channel_names=["t1", "t2", "flair"])

@@ -10,7 +10,8 @@ filled in) and the slice shapes training and evaluation will see. It checks:
 - every subject's region of interest lies in its volume;
 - the slices of every subject come out the same size (else ``pad_to`` or ``resize``);
 - the patches fit in the slices;
-- the generator can learn slices of the training shape (patches when ``patch_size`` is set);
+- the generator family can learn slices of the training shape (patches when ``patch_size`` is
+  set): its ``fit_shape`` accepts them;
 - an additive pool holds the synthetic samples each cell draws (the level times its real
   training slices or patches; counted exactly unless ``skip_empty`` drops slices).
 """
@@ -24,6 +25,7 @@ from typing import Any
 from synthmix.errors import DataError, StudyError
 
 _MAX_LISTED = 4  # subjects named per problem
+POOL_SIZE = 512  # generator.pool.size when not given (the schema's default)
 
 
 @dataclass(frozen=True)
@@ -128,29 +130,16 @@ def _common_size(sizes: dict, problems: list[str], where: str) -> tuple[int, int
 
 
 def generator_size_problems(name: str, size: tuple[int, int], patches: bool) -> list[str]:
-    """What the generator family ``name`` cannot learn about slices of ``size``. Today's only
-    family, dcgan_wgangp, needs square slices of ``dcgan.SIZES`` (a family that declares its
-    own sizes will answer here instead)."""
+    """What the generator family ``name`` cannot learn about slices of ``size``: its own
+    ``fit_shape`` says (the platform pads smaller slices to the size it returns)."""
     from synthmix.trainers.generators import GENERATORS
 
-    family = GENERATORS.get(name)
-    declared = getattr(family, "size_problems", None)
-    if declared is not None:
-        return list(declared(size))
-    if name != "dcgan_wgangp":
-        return []
-    from synthmix.trainers.generators.dcgan import SIZES
-
-    h, w = size
-    if h == w and h in SIZES:
-        return []
-    what = "patches (dataset.preprocess.patch_size)" if patches else "slices"
-    fits = [s for s in SIZES if s <= min(h, w)]
-    advice = [f"dataset.preprocess.resize: [{s}, {s}]" for s in SIZES if s >= max(h, w) // 2][:2]
-    if fits:
-        advice.append(f"patch_size: {fits[-1]}")
-    return [f"generator: {name} learns square {', '.join(map(str, SIZES))}-pixel slices only, and the training "
-            f"{what} are {h}x{w}; set " + " or ".join(advice)]
+    try:
+        GENERATORS.get(name).fit_shape(*size)
+    except ValueError as err:
+        what = "patches (dataset.preprocess.patch_size)" if patches else "slices"
+        return [f"generator: {name} cannot learn the training {what} of {size[0]}x{size[1]}: {err}"]
+    return []
 
 
 def _generator_problems(study: Any, train_size: tuple[int, int], patches: bool) -> list[str]:
@@ -176,8 +165,6 @@ def _training_samples(config: Any, size: tuple[int, int], depth: dict, subjects:
 def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int], depth: dict) -> list[str]:
     """Additive levels drawing more distinct synthetic samples than the fixed pool holds."""
     from synthmix.datasets.mixing import MIXING_POLICIES
-    from synthmix.trainers.generators.training import GeneratorConfig
-
     if study.mixing.policy != "additive" or study.mixing.source != "pool" or study.generator is None:
         return []
     policy = MIXING_POLICIES.get("additive")
@@ -186,16 +173,12 @@ def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int],
         return []
     real = max(_training_samples(config, size, depth, s.train) for s in splits)
     need = round(top * real)
-    problems = []
-    for name, cfg in study.generator.configs.items():
-        pool = cfg.get("pool_size", GeneratorConfig().pool_size)
-        path = "generator.config" if "generator" not in study.factors else f"generator.configs.{name}"
-        if isinstance(pool, int) and pool < need:
-            what = "patches" if config.patch_size else "slices"
-            problems.append(f"{path}.pool_size: {pool} is too small: the additive level {top:g} of the largest "
-                            f"training subset ({real} real {what}) draws {need} distinct synthetic samples; "
-                            f"set pool_size to at least {need}")
-    return problems
+    pool = study.generator.pool.get("size", POOL_SIZE)
+    if isinstance(pool, int) and pool < need:
+        what = "patches" if config.patch_size else "slices"
+        return [f"generator.pool.size: {pool} is too small: the additive level {top:g} of the largest training "
+                f"subset ({real} real {what}) draws {need} distinct synthetic samples; set it to at least {need}"]
+    return []
 
 
 def _check_config(study: Any, config: Any, splits: list, headers: dict, where: str,
