@@ -53,7 +53,8 @@ def test_awkward_dataset_end_to_end(tmp_path: Path) -> None:
     # The generator learnt both modalities on the 32x32 patches, from the training subset only.
     (key,) = {c["generator_key"] for c in plan["cells"] if c["generator_key"]}
     artifact = GeneratorArtifact(store.generator_dir(key))
-    assert artifact.state["image_shape"] == [2, 32, 32]
+    assert tuple(artifact.fit.data) == (32, 32) and artifact.encoding.image_channels == 2
+    assert artifact.sample(2, seed=0).images.shape == (2, 2, 32, 32)
     assert artifact.training_subjects == sorted(splits.splits[0].train)
     assert (artifact.path / "samples.png").stat().st_size > 0
 
