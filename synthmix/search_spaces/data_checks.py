@@ -19,7 +19,7 @@ filled in) and the slice shapes training and evaluation will see. It checks:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from synthmix.errors import DataError, StudyError
@@ -81,7 +81,7 @@ def _headers(manifest: Any, problems: list[str]) -> dict[str, tuple]:
     return out
 
 
-def _resolved(study: Any, manifest: Any, splits: Any, base: Any, problems: list[str]) -> dict:
+def _resolved(manifest: Any, splits: Any, base: Any, problems: list[str]) -> dict:
     """(fold, repeat) -> PreprocessConfig with any labels crop fitted on that split's pool."""
     from synthmix.datasets.roi import resolve_crop
 
@@ -207,7 +207,7 @@ def check_study_data(study: Any, manifest: Any, splits: Any) -> DataPlan:
     base = build_preprocess_config(raw)
     problems: list[str] = []
     headers = _headers(manifest, problems)
-    resolved = _resolved(study, manifest, splits, base, problems)
+    resolved = _resolved(manifest, splits, base, problems)
     users: dict[str, list] = defaultdict(list)  # distinct slicing -> the splits that use it
     for s in splits.splits:
         if (s.fold, s.repeat) in resolved:
