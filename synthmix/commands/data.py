@@ -66,7 +66,8 @@ def _split(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest)
     spec = SplitSpec(folds=args.folds, test=args.test, val=args.val, fractions=args.fractions,
                      counts=args.counts, repeats=args.repeats, seed=args.seed)
-    plan = build_splits(manifest.labelled_ids, spec, unlabelled_ids=manifest.unlabelled_ids)
+    plan = build_splits(manifest.labelled_ids, spec, unlabelled_ids=manifest.unlabelled_ids,
+                        groups=manifest.groups)
     if args.format == "json":
         print(json.dumps(plan.to_records(), indent=2))
     else:

@@ -6,8 +6,9 @@ A cache is a folder ``<cache_root>/<key>/`` holding
 * ``images.npy`` (N, C, H, W) float32 raw (un-normalised) slices of every subject, in manifest
   order, slices in volume order; ``labels.npy`` (N, H, W) uint8 (zeros for unlabelled subjects);
 * ``subject_index.npy``, ``position.npy`` (N,) int32 and ``nonempty.npy`` (N,) bool per slice;
-* ``subjects.json``: ids, labelled flags, spacing in (slice, row, col) order, slice ranges,
-  the slicing config and the manifest fingerprint;
+* ``subjects.json``: ids, labelled flags, spacing in (slice, row, col) order (of the slices as
+  stored: after the crop and any resampling), slice ranges, the slicing config and the
+  manifest fingerprint;
 * ``COMPLETE``: written last. A folder without it is never used.
 
 The key is a content hash of the manifest's fingerprint and the config's slicing fields
@@ -31,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from synthmix.datasets.preprocess import (PreprocessConfig, nonempty_slices, pad_or_crop, remap_labels,
-                                          volume_to_slices)
+from synthmix.datasets.preprocess import (PreprocessConfig, crop_volume, nonempty_slices, pad_or_crop,
+                                          remap_labels, resample_slices, slice_geometry, volume_to_slices)
 from synthmix.errors import DataError
 
 CACHE_FORMAT = 1
@@ -147,8 +148,9 @@ def open_cache(path: str | Path) -> CacheEntry:
 
 def subject_slices(record: Any, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Decode one subject and turn it into raw slices: (D, C, H, W) float32 images, (D, H, W)
-    int64 labels (zeros if unlabelled) and spacing as (slice, row, col). What the cache stores
-    per subject, and what a cache-less reader computes."""
+    int64 labels (zeros if unlabelled) and the slices' spacing as (slice, row, col), after the
+    crop and any resampling. What the cache stores per subject, and what a cache-less reader
+    computes."""
     from synthmix.datasets.nifti import load_subject
 
     remap = config.remap_dict
@@ -156,17 +158,18 @@ def subject_slices(record: Any, config: PreprocessConfig) -> tuple[np.ndarray, n
     label = loaded.label
     if label is not None and remap:
         label = remap_labels(label, remap, where=f"subject {record.subject_id} ({record.label_path})")
-    images, labels = volume_to_slices(np.asarray(loaded.image, dtype=np.float32), label, config.axis)
+    geometry = slice_geometry(loaded.image.shape[1:], loaded.affine, config, where=f"subject {record.subject_id}")
+    image, label = crop_volume(np.asarray(loaded.image, dtype=np.float32), label, geometry.crop)
+    images, labels = volume_to_slices(image, label, config.axis)
     if labels is None:
         labels = np.zeros((images.shape[0],) + images.shape[2:], dtype=np.int64)
+    images, labels = resample_slices(images, labels, geometry.resampled)
     if config.pad_to is not None:
         # Pad with each channel's minimum: the background of MR (0) and of CT (air).
-        fill = loaded.image.reshape(loaded.image.shape[0], -1).min(axis=1)
+        fill = image.reshape(image.shape[0], -1).min(axis=1)
         images = pad_or_crop(images, config.pad_to, value=fill)
         labels = pad_or_crop(labels, config.pad_to, value=0)
-    sp = [float(s) for s in loaded.spacing]
-    spacing = (sp[config.axis], *[s for i, s in enumerate(sp) if i != config.axis])
-    return np.ascontiguousarray(images), np.ascontiguousarray(labels), spacing
+    return np.ascontiguousarray(images), np.ascontiguousarray(labels), geometry.spacing
 
 
 def _write_cache(manifest: Any, config: PreprocessConfig, key: str, out: Path) -> None:
@@ -207,7 +210,8 @@ def _write_cache(manifest: Any, config: PreprocessConfig, key: str, out: Path) -
 def _check_shape(shape: tuple | None, images: np.ndarray, record: Any) -> tuple:
     if shape is not None and images.shape[1:] != shape:
         raise DataError(f"subject {record.subject_id}: slices are {images.shape[1:]} (channels, rows, cols) "
-                        f"but earlier subjects' are {shape}; set preprocess.pad_to to a common slice size")
+                        f"but earlier subjects' are {shape}; set preprocess.pad_to or resize to a common "
+                        "slice size")
     return images.shape[1:]
 
 

@@ -61,6 +61,7 @@ class DatasetReport:
     class_voxels: Counter = field(default_factory=Counter)  # label value -> voxels
     class_subjects: Counter = field(default_factory=Counter)  # label value -> subjects having it
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
+    groups: Counter = field(default_factory=Counter)  # group -> subjects; empty without a group column
     problems: list[str] = field(default_factory=list)
 
     def add(self, subject: LoadedSubject) -> None:
@@ -93,6 +94,7 @@ class DatasetReport:
             f"{self.unlabelled} unlabelled); {self.loaded} loaded cleanly",
             f"modalities  {len(self.modalities)}: {', '.join(self.modalities)}",
         ]
+        lines += self._render_groups()
         lines += _counted("shape", {"x".join(map(str, k)): v for k, v in self.shapes.items()})
         lines += _counted("spacing", {"x".join(f"{s:g}" for s in k) + " mm": v for k, v in self.spacings.items()})
         lines.append("intensity")
@@ -103,6 +105,14 @@ class DatasetReport:
         lines.append(f"problems    {len(self.problems) or 'none'}")
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+    def _render_groups(self) -> list[str]:
+        if not self.groups:
+            return []
+        (largest, size), = self.groups.most_common(1)
+        several = sum(n > 1 for n in self.groups.values())
+        return [f"groups      {len(self.groups)} (splits keep each group together); {several} with more than "
+                f"one subject; largest: {largest} ({size} subjects)"]
 
     def _render_classes(self) -> list[str]:
         total = sum(self.class_voxels.values())
@@ -144,6 +154,7 @@ def inspect_dataset(path: str | Path) -> DatasetReport:
     manifest, _ = scan_manifest(path)  # its problems come back from validate_dataset below
     report = DatasetReport(manifest_path=manifest.path, labelled=len(manifest.labelled_ids),
                            unlabelled=len(manifest.unlabelled_ids), modalities=manifest.modalities,
-                           metadata=manifest.metadata)
+                           metadata=manifest.metadata,
+                           groups=Counter(manifest.groups.values()) if manifest.has_groups else Counter())
     report.problems = validate_dataset(manifest.path, on_subject=report.add)
     return report

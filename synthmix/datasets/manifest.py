@@ -11,6 +11,9 @@ A manifest is a CSV or Parquet table, one row per subject:
 ``label``                 required column; the label map path, empty for an unlabelled subject
 ``labelled``              optional: true/false (also 1/0, yes/no). Default: whether ``label``
                           is set. A labelled subject must have a label path.
+``group``                 optional: e.g. a patient id. Rows of one group stay on the same side
+                          of every split and in the same subsets (splits.py). Without the
+                          column each subject is its own group; with it, every row needs one.
 anything else             subject metadata (age, lesion load, diagnosis...), kept per subject
 ========================  ===================================================================
 
@@ -37,19 +40,26 @@ from synthmix.errors import DataError
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
 IMAGE, IMAGE_PREFIX, LABEL, LABELLED, SUBJECT_ID = "image", "image_", "label", "labelled", "subject_id"
+GROUP = "group"
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
 _FALSE = {"false", "f", "no", "n", "0", "0.0"}
 
 
 @dataclass(frozen=True)
 class SubjectRecord:
-    """One manifest row: absolute file paths, labelled flag, metadata (column -> value)."""
+    """One manifest row: absolute file paths, labelled flag, metadata (column -> value) and
+    group (the ``group`` column, else the subject id)."""
 
     subject_id: str
     image_paths: tuple[Path, ...]
     label_path: Path | None
     labelled: bool
     metadata: dict = field(default_factory=dict)
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.subject_id)
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +72,15 @@ class Manifest:
     unlabelled_ids: list[str]
     metadata: pd.DataFrame  # indexed by subject_id; the non-reserved columns
     modalities: tuple[str, ...] = (IMAGE,)
+
+    @property
+    def groups(self) -> dict[str, str]:
+        """subject id -> group (the subject itself when the manifest has no group column)."""
+        return {r.subject_id: r.group for r in self.subjects}
+
+    @property
+    def has_groups(self) -> bool:
+        return any(r.group != r.subject_id for r in self.subjects)
 
     def subject(self, subject_id: str) -> SubjectRecord:
         for record in self.subjects:
@@ -88,6 +107,8 @@ class Manifest:
                 "label": file_digest(record.label_path) if record.label_path else None,
                 "metadata": {k: _json_value(v) for k, v in sorted(record.metadata.items())},
             }
+            if record.group != record.subject_id:  # absent for group-less rows: old fingerprints hold
+                row["group"] = record.group
             digest.update(json.dumps(row, sort_keys=True).encode())
         return digest.hexdigest()
 
@@ -137,7 +158,7 @@ def scan_manifest(path: str | Path) -> tuple[Manifest, list[str]]:
         if column not in table.columns:
             raise DataError(f"{file}: missing required column {column!r} "
                             f"(columns: {', '.join(map(str, table.columns))})")
-    reserved = {SUBJECT_ID, LABEL, LABELLED, *image_columns}
+    reserved = {SUBJECT_ID, LABEL, LABELLED, GROUP, *image_columns}
     meta_columns = [c for c in table.columns if c not in reserved]
     metadata = _metadata_frame(table, meta_columns)
 
@@ -241,6 +262,10 @@ def _parse_row(values: pd.Series, image_columns: list[str], metadata: dict, base
     name = f"{where} (subject {subject_id!r})"
     if not subject_id:
         problems.append(f"{where}: empty subject_id")
+    group = _text(values[GROUP]) if GROUP in values.index else subject_id
+    if GROUP in values.index and not group:
+        problems.append(f"{name}: empty 'group' (every row needs one when the column is given; "
+                        "use the subject id for a subject scanned once)")
     images = []
     for column in image_columns:
         parts = [p.strip() for p in _text(values[column]).split(";") if p.strip()]
@@ -262,7 +287,7 @@ def _parse_row(values: pd.Series, image_columns: list[str], metadata: dict, base
         if path is not None and not path.is_file():
             problems.append(f"{name}: {kind} file not found: {path}")
     clean_meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in metadata.items()}
-    record = SubjectRecord(subject_id, tuple(images), label, labelled, clean_meta)
+    record = SubjectRecord(subject_id, tuple(images), label, labelled, clean_meta, group)
     return record, problems
 
 

@@ -122,6 +122,28 @@ def try_load_subject(record: SubjectRecord, *, num_classes: int | None = None
     return (None if problems else subject), problems
 
 
+def header_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """(X, Y, Z) shape and affine a file has after ``as_closest_canonical``, from its header
+    alone (no voxel is read): nibabel's own reorientation arithmetic applied to the shape."""
+    img = nib.load(str(path))
+    shape = tuple(int(n) for n in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
+    ornt = nib.orientations.io_orientation(img.affine)
+    canonical = [0, 0, 0]
+    for axis, (target, _) in enumerate(ornt):
+        canonical[int(target)] = shape[axis]
+    return tuple(canonical), img.affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+
+
+def read_label(record: SubjectRecord) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled subject's label map and affine alone, reoriented like ``load_subject`` does
+    (for fitting a region of interest without decoding its images); DataError naming the file."""
+    try:
+        data, affine = _read(record.subject_id, record.label_path, "label")
+    except _Problems as stop:
+        raise DataError(str(stop)) from None
+    return np.asarray(data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data), affine
+
+
 def _read(sid: str, path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(data, affine) of one file in canonical orientation; data as stored (scaling applied)."""
     if not path.is_file():

@@ -1,10 +1,15 @@
 """Preprocessing of 3D subjects into 2D training slices, and intensity normalisation.
 
 Each step is a pure function on arrays, so it works on any user's NIfTI folder and is testable
-without files: ``remap_labels``, ``volume_to_slices``, ``pad_or_crop``, ``nonempty_slices``,
-``tile_patches``. ``PreprocessConfig`` says which steps run; the slicing steps (axis, padding,
-class remap) happen once when the cache is built, while ``skip_empty`` and patches happen when
-training slices are loaded, and never for evaluation volumes.
+without files: ``remap_labels``, ``crop_volume``, ``volume_to_slices``, ``resample_slices``,
+``pad_or_crop``, ``nonempty_slices``, ``tile_patches``. ``PreprocessConfig`` says which steps
+run. The slicing steps happen once when the cache is built, in this order: class remap, region
+of interest (``crop``, in the reoriented volume's voxels), slicing along ``axis``, in-plane
+``resize`` or ``spacing`` (images bilinear with anti-aliasing, labels nearest-neighbour:
+torch's ``interpolate``), ``pad_to``. ``skip_empty`` and patches happen when training slices are
+loaded, and never for evaluation volumes. ``slice_geometry`` computes what these steps make of a
+subject from its shape and affine alone, so ``synthmix plan`` can check a study against the
+NIfTI headers without reading any voxel.
 
 ``Normaliser`` holds intensity statistics fitted on training subjects only (DESIGN rule 4):
 
@@ -50,6 +55,49 @@ def _is_pos_pair(value: object) -> bool:
             and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value))
 
 
+def _is_pos_numbers(value: object) -> bool:
+    return (isinstance(value, tuple) and len(value) == 2 and all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in value))
+
+
+CROP_KEYS = ("box", "box_mm", "labels", "margin_mm")
+
+
+def _crop_problems(crop: object) -> list[str]:
+    """``crop`` is {box: [[x0, x1], [y0, y1], [z0, z1]]} (voxels of the reoriented volume,
+    half-open), {box_mm: [[lo, hi] x 3]} (world RAS mm) or {labels: true, margin_mm: m}."""
+    if crop is None:
+        return []
+    if not isinstance(crop, Mapping):
+        return [f"crop: must be a mapping such as {{box: [[x0, x1], [y0, y1], [z0, z1]]}} or "
+                f"{{labels: true, margin_mm: 10}}, got {crop!r}"]
+    p = [f"crop.{k}: unknown crop option (known: {', '.join(CROP_KEYS)})" for k in crop if k not in CROP_KEYS]
+    kinds = [k for k in ("box", "box_mm", "labels") if k in crop]
+    if len(kinds) != 1:
+        return p + ["crop: give exactly one of box (voxels), box_mm (world mm) or labels: true"]
+    if "margin_mm" in crop and kinds != ["labels"]:
+        p.append("crop.margin_mm: only with labels: true")
+    if "labels" in crop:
+        if crop["labels"] is not True:
+            p.append(f"crop.labels: must be true (the bounding box of the training labels), got {crop['labels']!r}")
+        margin = crop.get("margin_mm", 0)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) \
+                or margin < 0:
+            p.append(f"crop.margin_mm: must be a number >= 0, got {margin!r}")
+        return p
+    box, integer = crop[kinds[0]], kinds[0] == "box"
+    number = (int, np.integer) if integer else (int, float, np.number)
+    ok = isinstance(box, (list, tuple)) and len(box) == 3 and all(
+        isinstance(b, (list, tuple)) and len(b) == 2 and all(
+            isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+        and b[0] < b[1] and (not integer or b[0] >= 0) for b in box)
+    if not ok:
+        what = "voxel indices 0 <= start < stop" if integer else "numbers lo < hi in mm"
+        p.append(f"crop.{kinds[0]}: must be three [start, stop] pairs (x, y, z; {what}), got {box!r}")
+    return p
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How subjects become slices.
@@ -63,6 +111,16 @@ class PreprocessConfig:
         patch_size: tile training slices into patches of this (H, W) size.
         patch_stride: step between patches (default: patch_size, i.e. no overlap); the last
             patch of each row/column is aligned to the border so the whole slice is covered.
+        resize: in-plane slice size (H, W) to resample every slice to (an int means square).
+        spacing: in-plane target voxel spacing (mm along rows, cols) to resample to; the size
+            then follows each subject's spacing (so set pad_to when subjects differ). Not with
+            resize. The spacing metrics use is the one the slices have after these steps.
+        crop: region of interest, cut from the reoriented volume before slicing:
+            ``{box: [[x0, x1], [y0, y1], [z0, z1]]}`` (voxels, half-open),
+            ``{box_mm: [[lo, hi], ...]}`` (world RAS coordinates, mm), or
+            ``{labels: true, margin_mm: 10}``: the bounding box of the labels of each split's
+            training pool plus a margin, resolved into a ``box_mm`` by
+            ``roi.resolve_crop`` (rule 4: never from validation or test labels).
         normalise: "zscore", "minmax" or "none" (see the module docstring).
         foreground_threshold: zscore foreground is "any channel > this"; None: every voxel.
         remap: old class -> new class, e.g. {0: 0, 1: 1, 2: 1, 3: 1} for 4 -> 2 classes; a label
@@ -77,6 +135,9 @@ class PreprocessConfig:
     skip_empty: bool = False
     patch_size: tuple[int, int] | None = None
     patch_stride: tuple[int, int] | None = None
+    resize: tuple[int, int] | None = None
+    spacing: tuple[float, float] | None = None
+    crop: dict | None = None
     normalise: str = "zscore"
     foreground_threshold: float | None = 0.0
     remap: dict[int, int] | None = None
@@ -87,6 +148,13 @@ class PreprocessConfig:
         set_("pad_to", _pair(self.pad_to))
         set_("patch_size", _pair(self.patch_size))
         set_("patch_stride", _pair(self.patch_stride) if self.patch_stride is not None else self.patch_size)
+        set_("resize", _pair(self.resize))
+        if isinstance(self.spacing, (int, float)) and not isinstance(self.spacing, bool):
+            set_("spacing", (float(self.spacing), float(self.spacing)))
+        elif isinstance(self.spacing, (list, tuple)):
+            set_("spacing", tuple(self.spacing))
+        if isinstance(self.crop, Mapping):
+            set_("crop", _plain(dict(self.crop)))
         if isinstance(self.remap, Mapping):
             pairs = tuple((_as_int(k), _as_int(v)) for k, v in self.remap.items())
         elif isinstance(self.remap, (list, tuple)):
@@ -113,9 +181,19 @@ class PreprocessConfig:
             p.append(f"patch_stride: must be a positive int or [H, W], got {self.patch_stride!r}")
         if self.patch_stride is not None and self.patch_size is None:
             p.append("patch_stride: needs patch_size")
-        if _is_pos_pair(self.pad_to) and _is_pos_pair(self.patch_size) and any(
-                s > t for s, t in zip(self.patch_size, self.pad_to)):
-            p.append(f"patch_size: {self.patch_size} is larger than pad_to {self.pad_to}")
+        if self.resize is not None and not _is_pos_pair(self.resize):
+            p.append(f"resize: must be a positive int or [H, W], got {self.resize!r}")
+        if self.spacing is not None and not _is_pos_numbers(self.spacing):
+            p.append(f"spacing: must be a positive number or [row mm, col mm], got {self.spacing!r}")
+        if self.resize is not None and self.spacing is not None:
+            p.append("spacing: give resize (a size) or spacing (mm), not both")
+        p += _crop_problems(self.crop)
+        final = self.pad_to if _is_pos_pair(self.pad_to) else self.resize if _is_pos_pair(self.resize) else None
+        if final is not None and _is_pos_pair(self.patch_size) and any(
+                s > t for s, t in zip(self.patch_size, final)):
+            name = "pad_to" if final == self.pad_to else "resize"
+            p.append(f"patch_size: {list(self.patch_size)} is larger than {name} {list(final)} (the slice "
+                     f"size); lower patch_size or raise {name}")
         if self.normalise not in NORMALISE_METHODS:
             p.append(f"normalise: must be one of {', '.join(NORMALISE_METHODS)}, got {self.normalise!r}")
         if self.foreground_threshold is not None and (
@@ -159,17 +237,35 @@ class PreprocessConfig:
     def cache_fields(self) -> dict:
         """The fields that decide what the cache holds (JSON-able); normalisation, skip_empty and
         patches are applied when slices are loaded, so they are not among them."""
-        return {"axis": self.axis, "pad_to": list(self.pad_to) if self.pad_to else None,
-                "remap": [list(p) for p in self.remap.items()] if self.remap is not None else None,
-                "num_classes": self.num_classes}
+        d = {"axis": self.axis, "pad_to": list(self.pad_to) if self.pad_to else None,
+             "remap": [list(p) for p in self.remap.items()] if self.remap is not None else None,
+             "num_classes": self.num_classes}
+        # Added later: present only when set, so caches of configs without them keep their keys.
+        extra = {"resize": list(self.resize) if self.resize else None,
+                 "spacing": list(self.spacing) if self.spacing else None, "crop": self.crop}
+        return {**d, **{k: v for k, v in extra.items() if v is not None}}
+
+    @property
+    def crop_needs_fitting(self) -> bool:
+        """A labels crop, not yet resolved into a box for some training subjects."""
+        return bool(self.crop) and "labels" in self.crop
 
     def to_dict(self) -> dict:
         """JSON-able; ``build_preprocess_config(cfg.to_dict()) == cfg``."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("pad_to", "patch_size", "patch_stride"):
+        for name in ("pad_to", "patch_size", "patch_stride", "resize", "spacing"):
             d[name] = list(d[name]) if d[name] is not None else None
         d["remap"] = self.remap_dict
         return d
+
+
+def _plain(value: object) -> object:
+    """Lists for tuples, recursively (a crop box read from YAML or JSON compares equal)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _as_int(value: object) -> object:
@@ -232,6 +328,115 @@ def pad_or_crop(array: np.ndarray, size: tuple[int, int], *, value: float | np.n
     return out
 
 
+@dataclass(frozen=True)
+class SliceGeometry:
+    """What the slicing steps make of one subject (``slice_geometry``).
+
+    Attributes:
+        crop: the region of interest as (x, y, z) voxel slices of the reoriented volume, or None.
+        slices: number of slices along ``axis``.
+        cropped: in-plane (rows, cols) after the crop.
+        resampled: in-plane size after ``resize`` / ``spacing`` (= cropped without them).
+        size: final in-plane size, after ``pad_to``.
+        spacing: mm of the final slices as (slice axis, rows, cols): what metrics use.
+    """
+
+    crop: tuple[slice, slice, slice] | None
+    slices: int
+    cropped: tuple[int, int]
+    resampled: tuple[int, int]
+    size: tuple[int, int]
+    spacing: tuple[float, float, float]
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """mm per voxel along each array axis: the lengths of the affine's columns."""
+    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def slice_geometry(shape: tuple[int, ...], affine: np.ndarray, config: PreprocessConfig, *,
+                   where: str = "subject") -> SliceGeometry:
+    """The geometry of one subject's slices from its reoriented (X, Y, Z) shape and affine only
+    (no voxel is read): what ``synthmix plan`` checks and what the cache builder does."""
+    shape = tuple(int(n) for n in shape[:3])
+    crop = crop_box_voxels(config.crop, shape, affine, where=where) if config.crop else None
+    cut = tuple(c.stop - c.start for c in crop) if crop else shape
+    sp = voxel_spacing(affine)
+    in_plane = [i for i in range(3) if i != config.axis]
+    cropped = (cut[in_plane[0]], cut[in_plane[1]])
+    plane_sp = (sp[in_plane[0]], sp[in_plane[1]])
+    resampled = resample_size(cropped, plane_sp, config)
+    spacing = (sp[config.axis], *(s * n / m for s, n, m in zip(plane_sp, cropped, resampled)))
+    return SliceGeometry(crop=crop, slices=cut[config.axis], cropped=cropped, resampled=resampled,
+                         size=tuple(config.pad_to) if config.pad_to else resampled, spacing=spacing)
+
+
+def resample_size(size: tuple[int, int], spacing: tuple[float, float], config: PreprocessConfig) -> tuple[int, int]:
+    """In-plane size after ``resize`` (that size) or ``spacing`` (the size that keeps the
+    field of view at the target spacing, at least 1 voxel)."""
+    if config.resize:
+        return tuple(config.resize)
+    if config.spacing:
+        return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, config.spacing))
+    return tuple(size)
+
+
+def crop_box_voxels(crop: Mapping, shape: tuple[int, int, int], affine: np.ndarray, *,
+                    where: str = "subject") -> tuple[slice, slice, slice]:
+    """The region of interest as voxel slices of a reoriented volume of ``shape``. A ``box``
+    must lie inside the volume; a ``box_mm`` is the voxel bounding box of the world box's
+    corners, clipped to the volume. DataError naming ``where`` otherwise."""
+    if "labels" in crop:
+        raise DataError("preprocess.crop: a labels crop must be fitted on the training subjects first "
+                        "(synthmix.datasets.roi.resolve_crop)")
+    if "box" in crop:
+        box = [(int(a), int(b)) for a, b in crop["box"]]
+        if any(b > n for (_, b), n in zip(box, shape)):
+            raise DataError(f"{where}: preprocess.crop.box {[list(b) for b in box]} reaches beyond the "
+                            f"volume of shape {'x'.join(map(str, shape))} (voxels of the RAS-reoriented volume)")
+        return tuple(slice(a, b) for a, b in box)
+    lo_hi = np.asarray(crop["box_mm"], dtype=float)  # (3, 2) world RAS mm
+    corners = np.array(np.meshgrid(*lo_hi, indexing="ij")).reshape(3, -1).T
+    voxels = (np.linalg.inv(affine) @ np.c_[corners, np.ones(len(corners))].T)[:3].T
+    voxels = np.round(voxels, 6)  # a box fitted on this very grid maps back onto whole voxels
+    # Every voxel whose extent (centre +- 0.5) overlaps the box.
+    lo = np.maximum(np.floor(voxels.min(axis=0) + 0.5), 0).astype(int)
+    hi = np.minimum(np.ceil(voxels.max(axis=0) + 0.5), shape).astype(int)
+    if np.any(hi <= lo):
+        raise DataError(f"{where}: the region of interest preprocess.crop {lo_hi.tolist()} mm lies outside "
+                        f"its volume")
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def crop_volume(image: np.ndarray, label: np.ndarray | None, box: tuple[slice, slice, slice] | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(C, X, Y, Z) image and (X, Y, Z) label cut to the voxel box (None: unchanged)."""
+    if box is None:
+        return image, label
+    return image[(slice(None), *box)], (label[box] if label is not None else None)
+
+
+def resample_slices(images: np.ndarray, labels: np.ndarray, size: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(D, C, H, W) images bilinear (anti-aliased when shrinking) and (D, H, W) labels
+    nearest-neighbour to in-plane ``size``, with pixel-area alignment (the field of view is
+    kept, so the new spacing is old x H / size). torch's ``interpolate``, the function MONAI's
+    ``Resize`` wraps, called directly: its own ``antialias`` filter handles the borders,
+    where MONAI's Gaussian pre-filter pads with zeros and darkens the edge of every slice."""
+    import torch
+    import torch.nn.functional as F
+
+    d, c, h, w = images.shape
+    if (h, w) == tuple(size):
+        return images, labels
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    out = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                        antialias=bool(size[0] < h or size[1] < w))
+    lab = F.interpolate(torch.from_numpy(np.asarray(labels, dtype=np.float32))[:, None], size=tuple(size),
+                        mode="nearest-exact")[:, 0]
+    return out.numpy(), np.rint(lab.numpy()).astype(labels.dtype)
+
+
 def nonempty_slices(labels: np.ndarray) -> np.ndarray:
     """(D, H, W) labels -> (D,) bool: does the slice hold any non-background voxel."""
     return labels.reshape(len(labels), -1).any(axis=1)
@@ -242,7 +447,7 @@ def patch_origins(length: int, size: int, stride: int) -> list[int]:
     patch is moved to end at the border so no voxel is left out."""
     if size > length:
         raise DataError(f"preprocess.patch_size {size} is larger than the slice size {length}; "
-                        "lower patch_size or set pad_to")
+                        "lower patch_size or set pad_to or resize")
     starts = list(range(0, length - size + 1, stride))
     if starts[-1] != length - size:
         starts.append(length - size)

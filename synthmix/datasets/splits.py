@@ -21,6 +21,11 @@ How a plan is drawn:
 * The training pool of a (fold, repeat) is everything else. One random order of the pool per
   (fold, repeat) defines every subset: the first ceil(a*len(pool)) subjects for a fraction a,
   the first c subjects for a count c. Subsets are therefore nested by construction.
+* Groups (the manifest's ``group`` column, e.g. a patient scanned twice): everything above is
+  drawn over groups instead of subjects, so proportions, folds, fractions and counts count
+  groups, and every subject of a group lands in the same set and the same subsets. An
+  unlabelled subject whose group has a validation or test subject is left out of that split's
+  unlabelled pool. Without groups each subject is its own group and the draws are the same.
 """
 
 from __future__ import annotations
@@ -180,10 +185,28 @@ class SplitPlan:
     labelled_ids: tuple[str, ...]
     unlabelled_ids: tuple[str, ...]
     splits: tuple[Split, ...]
+    groups: dict = field(default_factory=dict)  # subject -> group, only where they differ
     _index: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {(s.fold, s.repeat, s.amount): s for s in self.splits})
+        object.__setattr__(self, "groups", _nontrivial(self.groups))
+
+    def group(self, subject_id: str) -> str:
+        return self.groups.get(subject_id, subject_id)
+
+    @property
+    def n_groups(self) -> int:
+        """Labelled groups (= labelled subjects without a group column)."""
+        return len({self.group(i) for i in self.labelled_ids})
+
+    def check_groups(self, groups: dict[str, str], source: str = "the manifest") -> None:
+        """SplitError unless this plan was drawn with these groups (a stored plan whose
+        manifest's group column changed would break rule 1 for the new groups)."""
+        if _nontrivial(groups) != self.groups:
+            changed = sorted(i for i in {*groups, *self.groups} if groups.get(i, i) != self.group(i))
+            raise SplitError(f"split: the groups of {source} differ from those the splits were drawn with "
+                             f"(e.g. {', '.join(changed[:5])}); run the changed dataset under another name")
 
     def get(self, fold: int, repeat: int, amount: float | int) -> Split:
         """The split at these coordinates; SplitError listing the valid ones otherwise."""
@@ -202,7 +225,8 @@ class SplitPlan:
     def render(self) -> str:
         """A readable table: one line per split, then the validation and test subjects."""
         kind = self.spec.amount_kind
-        lines = [f"{len(self.labelled_ids)} labelled, {len(self.unlabelled_ids)} unlabelled subjects; "
+        grouped = f" in {self.n_groups} groups" if self.groups else ""
+        lines = [f"{len(self.labelled_ids)} labelled{grouped}, {len(self.unlabelled_ids)} unlabelled subjects; "
                  f"seed {self.spec.seed}",
                  f"{'fold':>4} {'repeat':>6} {kind:>8} {'train':>5} {'val':>4} {'test':>4}  train subjects"]
         for s in self.splits:
@@ -226,7 +250,7 @@ class SplitPlan:
         if both:
             raise SplitError(f"split: subjects listed as both labelled and unlabelled: {sorted(both)}")
         for s in self.splits:
-            _check_split(s, labelled, set(self.unlabelled_ids))
+            _check_split(s, labelled, set(self.unlabelled_ids), self.group)
         _check_nesting(self.splits)
         if self.spec.folds is not None:
             _check_folds(self.splits, self.labelled_ids, self.spec)
@@ -237,6 +261,8 @@ class SplitPlan:
         doc = {"format": FORMAT_VERSION, "spec": self.spec.to_dict(),
                "labelled_ids": list(self.labelled_ids), "unlabelled_ids": list(self.unlabelled_ids),
                "splits": self.to_records()}
+        if self.groups:
+            doc["groups"] = dict(sorted(self.groups.items()))
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, path)
@@ -256,7 +282,8 @@ class SplitPlan:
                       pool=tuple(r["pool"]), unlabelled=tuple(r.get("unlabelled", ())))
                 for r in doc["splits"])
             plan = cls(spec=spec, labelled_ids=tuple(doc["labelled_ids"]),
-                       unlabelled_ids=tuple(doc["unlabelled_ids"]), splits=splits)
+                       unlabelled_ids=tuple(doc["unlabelled_ids"]), splits=splits,
+                       groups={str(k): str(v) for k, v in doc.get("groups", {}).items()})
         except SplitError as err:
             raise SplitError(f"{path}: {err}") from None
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -268,6 +295,10 @@ class SplitPlan:
         return plan
 
 
+def _nontrivial(groups: dict) -> dict:
+    return {str(k): str(v) for k, v in (groups or {}).items() if str(k) != str(v)}
+
+
 def _duplicates(ids: Iterable[str]) -> list[str]:
     seen, dup = set(), set()
     for i in ids:
@@ -275,7 +306,7 @@ def _duplicates(ids: Iterable[str]) -> list[str]:
     return sorted(dup)
 
 
-def _check_split(s: Split, labelled: set[str], unlabelled: set[str]) -> None:
+def _check_split(s: Split, labelled: set[str], unlabelled: set[str], group) -> None:
     parts = {"train": s.train, "val": s.val, "test": s.test, "pool": s.pool}
     for name, ids in parts.items():
         dup = _duplicates(ids)
@@ -295,8 +326,24 @@ def _check_split(s: Split, labelled: set[str], unlabelled: set[str]) -> None:
     outside = set(s.train) - set(s.pool)
     if outside:
         raise SplitError(f"split ({s.name}): train subjects outside the training pool: {sorted(outside)}")
-    if set(s.unlabelled) != unlabelled:
-        raise SplitError(f"split ({s.name}): unlabelled subjects differ from the dataset's unlabelled subjects")
+    _check_groups(s, group)
+    held_out = {group(i) for i in (*s.val, *s.test)}
+    if set(s.unlabelled) != {u for u in unlabelled if group(u) not in held_out}:
+        raise SplitError(f"split ({s.name}): unlabelled subjects differ from the dataset's unlabelled subjects "
+                         "outside the validation and test groups")
+
+
+def _check_groups(s: Split, group) -> None:
+    """No group on two sides of the split, and the subset takes whole groups of the pool."""
+    sides = {name: {group(i) for i in getattr(s, name)} for name in ("pool", "val", "test")}
+    for a, b in (("pool", "val"), ("pool", "test"), ("val", "test")):
+        shared = sides[a] & sides[b]
+        if shared:
+            raise SplitError(f"split ({s.name}): groups with subjects in both {a} and {b}: {sorted(shared)}")
+    taken = {group(i) for i in s.train}
+    partial = sorted({group(i) for i in s.pool if group(i) in taken and i not in s.train})
+    if partial:
+        raise SplitError(f"split ({s.name}): the training subset takes only some subjects of groups {partial}")
 
 
 def _check_nesting(splits: Sequence[Split]) -> None:
@@ -346,89 +393,124 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
-def _subset_size(amount: float | int, kind: str, pool_size: int, where: str) -> int:
+def _subset_size(amount: float | int, kind: str, pool_size: int, where: str, unit: str = "subjects") -> int:
     if kind == "count":
         size = int(amount)
     else:
         # round() first: 0.7 * 10 is 7.000000000000001 in floating point and must give 7.
         size = math.ceil(round(amount * pool_size, 9))
     if size < 1 or size > pool_size:
-        raise SplitError(f"split ({where}): {kind} {amount:g} gives {size} subjects but the training pool "
-                         f"has {pool_size}; use {kind}s that select between 1 and {pool_size} subjects")
+        raise SplitError(f"split ({where}): {kind} {amount:g} gives {size} {unit} but the training pool "
+                         f"has {pool_size}; use {kind}s that select between 1 and {pool_size} {unit}")
     return size
 
 
-def _holdout_sizes(n: int, spec: SplitSpec) -> tuple[int, int]:
+def _holdout_sizes(n: int, spec: SplitSpec, unit: str = "subjects") -> tuple[int, int]:
     n_test, n_val = _round_half_up(spec.test * n), _round_half_up(spec.val * n)
     if n_test < 1:
-        raise SplitError(f"split: test={spec.test:g} of {n} labelled subjects gives no test subject")
+        raise SplitError(f"split: test={spec.test:g} of {n} labelled {unit} gives no test {unit[:-1]}")
     if n_val < 1:
-        raise SplitError(f"split: val={spec.val:g} of {n} labelled subjects gives no validation subject")
+        raise SplitError(f"split: val={spec.val:g} of {n} labelled {unit} gives no validation {unit[:-1]}")
     if n - n_test - n_val < 1:
-        raise SplitError(f"split: test={spec.test:g} and val={spec.val:g} of {n} labelled subjects "
-                         "leave no training subject")
+        raise SplitError(f"split: test={spec.test:g} and val={spec.val:g} of {n} labelled {unit} "
+                         f"leave no training {unit[:-1]}")
     return n_test, n_val
 
 
-def _fold_test_sets(ids: Sequence[str], spec: SplitSpec, repeat: int) -> list[list[str]]:
+def _fold_test_sets(ids: Sequence[str], spec: SplitSpec, repeat: int, unit: str = "subjects") -> list[list[str]]:
     if spec.folds > len(ids):
-        raise SplitError(f"split: folds={spec.folds} needs at least {spec.folds} labelled subjects, "
+        raise SplitError(f"split: folds={spec.folds} needs at least {spec.folds} labelled {unit}, "
                          f"the dataset has {len(ids)}")
     order = _rng(spec.seed, _PARTITION, repeat).permutation(len(ids))
     return [[ids[i] for i in part] for part in np.array_split(order, spec.folds)]
 
 
-def _carve_val(rest: list[str], spec: SplitSpec, fold: int, repeat: int) -> tuple[list[str], list[str]]:
+def _carve_val(rest: list[str], spec: SplitSpec, fold: int, repeat: int,
+               unit: str = "subjects") -> tuple[list[str], list[str]]:
     share = spec.val if spec.val is not None else DEFAULT_FOLD_VAL
     n_val = _round_half_up(share * len(rest))
     where = f"fold {fold}, repeat {repeat}"
     if n_val < 1:
-        raise SplitError(f"split ({where}): val={share:g} of {len(rest)} non-test subjects gives no "
-                         "validation subject; raise val or use fewer folds")
+        raise SplitError(f"split ({where}): val={share:g} of {len(rest)} non-test {unit} gives no "
+                         f"validation {unit[:-1]}; raise val or use fewer folds")
     if n_val >= len(rest):
-        raise SplitError(f"split ({where}): val={share:g} of {len(rest)} non-test subjects leaves no training subject")
+        raise SplitError(f"split ({where}): val={share:g} of {len(rest)} non-test {unit} leaves no "
+                         f"training {unit[:-1]}")
     order = _rng(spec.seed, _VALIDATION, fold, repeat).permutation(len(rest))
     val = [rest[i] for i in order[:n_val]]
     pool = [rest[i] for i in order[n_val:]]
     return val, pool
 
 
+@dataclass(frozen=True)
+class _Units:
+    """What the draws permute: groups (each subject its own group without a group column)."""
+
+    members: dict  # unit -> sorted labelled subjects
+    group: dict    # subject (labelled or unlabelled) -> unit
+    unlabelled: tuple[str, ...]
+    word: str      # "subjects" or "groups", for messages
+
+    def subjects(self, units: Iterable[str]) -> tuple[str, ...]:
+        return tuple(sorted(i for u in units for i in self.members[u]))
+
+    def unlabelled_outside(self, held_out: Iterable[str]) -> tuple[str, ...]:
+        held = set(held_out)
+        return tuple(u for u in self.unlabelled if self.group[u] not in held)
+
+
 def _nested_splits(pool: list[str], val: list[str], test: list[str], spec: SplitSpec, fold: int,
-                   repeat: int, unlabelled: tuple[str, ...]) -> list[Split]:
+                   repeat: int, units: _Units) -> list[Split]:
+    """The splits of one (fold, repeat) at every amount; ``pool``, ``val`` and ``test`` are units."""
     pool = sorted(pool)
     order = [pool[i] for i in _rng(spec.seed, _NESTING, fold, repeat).permutation(len(pool))]
+    val_ids, test_ids, pool_ids = units.subjects(val), units.subjects(test), units.subjects(pool)
+    unlabelled = units.unlabelled_outside([*val, *test])
     splits = []
     for amount in spec.amounts:
-        size = _subset_size(amount, spec.amount_kind, len(pool), f"fold {fold}, repeat {repeat}")
-        splits.append(Split(fold=fold, repeat=repeat, amount=amount, train=tuple(sorted(order[:size])),
-                            val=tuple(sorted(val)), test=tuple(sorted(test)), pool=tuple(pool),
-                            unlabelled=unlabelled))
+        size = _subset_size(amount, spec.amount_kind, len(pool), f"fold {fold}, repeat {repeat}", units.word)
+        splits.append(Split(fold=fold, repeat=repeat, amount=amount, train=units.subjects(order[:size]),
+                            val=val_ids, test=test_ids, pool=pool_ids, unlabelled=unlabelled))
     return splits
 
 
-def build_splits(labelled_ids: Iterable[str], spec: SplitSpec, *,
-                 unlabelled_ids: Iterable[str] = ()) -> SplitPlan:
-    """Every split of ``spec`` over these subjects. The result does not depend on the order in
-    which the ids are given (they are sorted first) and is checked before it is returned."""
+def _units(ids: list[str], unlabelled: tuple[str, ...], groups: dict | None) -> _Units:
+    group = {i: str((groups or {}).get(i, i)) for i in (*ids, *unlabelled)}
+    members: dict[str, list[str]] = {}
+    for i in ids:
+        members.setdefault(group[i], []).append(i)
+    word = "groups" if any(g != i for i, g in group.items()) else "subjects"
+    return _Units(members={u: sorted(m) for u, m in sorted(members.items())}, group=group,
+                  unlabelled=unlabelled, word=word)
+
+
+def build_splits(labelled_ids: Iterable[str], spec: SplitSpec, *, unlabelled_ids: Iterable[str] = (),
+                 groups: dict[str, str] | None = None) -> SplitPlan:
+    """Every split of ``spec`` over these subjects, drawn over ``groups`` (subject -> group,
+    e.g. the manifest's ``groups``; None: each subject alone). The result does not depend on
+    the order in which the ids are given (they are sorted first) and is checked before it is
+    returned."""
     given = [str(i) for i in labelled_ids]
     if _duplicates(given):
         raise SplitError(f"split: duplicate labelled subject ids: {_duplicates(given)}")
     ids = sorted(given)
-    unlabelled = tuple(sorted(str(i) for i in unlabelled_ids))
+    units = _units(ids, tuple(sorted(str(i) for i in unlabelled_ids)), groups)
     if not ids:
         raise SplitError("split: the dataset has no labelled subject")
+    names = list(units.members)  # sorted
     splits: list[Split] = []
     for repeat in range(spec.repeats):
         if spec.folds is not None:
-            for fold, test in enumerate(_fold_test_sets(ids, spec, repeat)):
-                rest = [i for i in ids if i not in set(test)]
-                val, pool = _carve_val(rest, spec, fold, repeat)
-                splits += _nested_splits(pool, val, test, spec, fold, repeat, unlabelled)
+            for fold, test in enumerate(_fold_test_sets(names, spec, repeat, units.word)):
+                rest = [u for u in names if u not in set(test)]
+                val, pool = _carve_val(rest, spec, fold, repeat, units.word)
+                splits += _nested_splits(pool, val, test, spec, fold, repeat, units)
         else:
-            n_test, n_val = _holdout_sizes(len(ids), spec)
-            order = [ids[i] for i in _rng(spec.seed, _PARTITION, repeat).permutation(len(ids))]
+            n_test, n_val = _holdout_sizes(len(names), spec, units.word)
+            order = [names[i] for i in _rng(spec.seed, _PARTITION, repeat).permutation(len(names))]
             test, val, pool = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-            splits += _nested_splits(pool, val, test, spec, 0, repeat, unlabelled)
-    plan = SplitPlan(spec=spec, labelled_ids=tuple(ids), unlabelled_ids=unlabelled, splits=tuple(splits))
+            splits += _nested_splits(pool, val, test, spec, 0, repeat, units)
+    plan = SplitPlan(spec=spec, labelled_ids=tuple(ids), unlabelled_ids=units.unlabelled, splits=tuple(splits),
+                     groups=units.group)
     plan.check()
     return plan

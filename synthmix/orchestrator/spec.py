@@ -75,10 +75,11 @@ def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> 
     """One spec per cell of ``cells`` (cells of ``plan``)."""
     r = study.resources
     scaling = {"workers": r.workers, "cpus_per_worker": r.cpus_per_worker, "gpus_per_worker": r.gpus_per_worker}
-    data = DataSpec(manifest=str(plan.manifest), preprocess=dict(study.dataset.preprocess),
-                    phantom=asdict(study.dataset.phantom) if study.dataset.phantom else None)
+    phantom = asdict(study.dataset.phantom) if study.dataset.phantom else None
     specs = []
     for c in cells:
+        # The cell's preprocessing: a labels region of interest is fitted on its split's pool.
+        data = DataSpec(manifest=str(plan.manifest), preprocess=plan.cell_preprocess(c), phantom=phantom)
         split = plan.splits.get(c.fold, c.repeat, c.amount)
         segmenter = {**study.segmenter_config(c.factors.get("architecture", "unet"),
                                               c.factors.get("augmentation", "none")), "seed": c.seed}

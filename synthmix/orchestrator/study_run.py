@@ -40,6 +40,7 @@ def prepare_study(study_ref: str | Path | None, *, storage: str | Path | None = 
     from synthmix.datasets.nifti import check_dataset
     from synthmix.datasets.preprocess import build_preprocess_config
     from synthmix.datasets.splits import SplitPlan
+    from synthmix.search_spaces.data_checks import check_study_data
 
     study = load_study(str(study_ref) if study_ref else "quickstart")
     store = StudyStore.open(name or study.name, storage)
@@ -51,14 +52,18 @@ def prepare_study(study_ref: str | Path | None, *, storage: str | Path | None = 
     if store.splits_file.exists():
         with store.local_copy(store.splits_file) as local:
             splits = SplitPlan.load(local)  # re-checks every rule; overlap is an error
+        splits.check_groups(manifest.groups, str(manifest.path))
     else:
-        splits = build_split_plan(study, manifest.labelled_ids, manifest.unlabelled_ids)
+        splits = build_split_plan(study, manifest.labelled_ids, manifest.unlabelled_ids, manifest.groups)
         with store.staged(store.splits_file) as local:
             splits.save(local)
-    plan = expand_cells(study, splits, dataset_fingerprint=manifest.fingerprint(), manifest=manifest_path)
+    data = check_study_data(study, manifest, splits)  # the plan's checks, before Ray starts
+    plan = expand_cells(study, splits, dataset_fingerprint=manifest.fingerprint(), manifest=manifest_path,
+                        data=data)
     _check_same_dataset(store, plan, study_ref)
     atomic_write_bytes(store.plan_file, plan.to_json().encode())
-    build_cache(manifest_path, preprocess, store.cache_dir)  # once, before any worker needs it
+    for config in {repr(p): p for p in data.preprocess.values()}.values():  # one per fitted crop
+        build_cache(manifest_path, build_preprocess_config(config), store.cache_dir)  # before any worker
     return study, store, plan
 
 

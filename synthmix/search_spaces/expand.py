@@ -119,6 +119,14 @@ class Plan:
     generator_jobs: dict[str, GeneratorJob]
     estimate: dict = field(default_factory=dict)
     pool_jobs: dict[str, PoolJob] = field(default_factory=dict)
+    data: Any = None  # data_checks.DataPlan, when the plan was checked against its dataset
+
+    def cell_preprocess(self, cell: Cell) -> dict:
+        """The preprocess options a cell runs with: the study's, with a labels crop fitted on
+        its split's training pool (data_checks)."""
+        if self.data is None:
+            return dict(self.study.dataset.preprocess)
+        return dict(self.data.preprocess[(cell.fold, cell.repeat)])
 
     def cells_per_key(self) -> dict[str, int]:
         counts = {k: 0 for k in self.generator_jobs}
@@ -146,6 +154,7 @@ class Plan:
                                 "cells": per_key[k]} for k, j in self.generator_jobs.items()],
             "pool_jobs": [asdict(j) for j in self.pool_jobs.values()],
             "estimate": self.estimate,
+            "data": self.data.to_dict() if self.data is not None else None,
         }
 
     def to_json(self) -> str:
@@ -160,6 +169,7 @@ class Plan:
         folds = s.split.folds or 1
         lines += [f"folds x repeats: {folds} x {s.split.repeats}",
                   f"mixing: {s.mixing.policy} ({s.mixing.source})",
+                  self.data.render() if self.data is not None else "",
                   f"cells: {len(self.cells)}",
                   f"generator trainings (unique keys): {len(self.generator_jobs)}"]
         if per_key:
@@ -259,7 +269,7 @@ def pool_key(generator_key_: str, pool: dict, source: str) -> str:
     return content_hash({"generator": generator_key_, "pool": pool, "source": source}, 24)
 
 
-def build_split_plan(study: Study, labelled_ids, unlabelled_ids=()) -> Any:
+def build_split_plan(study: Study, labelled_ids, unlabelled_ids=(), groups: dict | None = None) -> Any:
     from synthmix.datasets.splits import SplitSpec, build_splits
 
     real = study.real_factor
@@ -267,20 +277,24 @@ def build_split_plan(study: Study, labelled_ids, unlabelled_ids=()) -> Any:
         {"counts": list(study.factors[real])}
     spec = SplitSpec(folds=study.split.folds, test=study.split.test, val=study.split.val,
                      repeats=study.split.repeats, seed=study.seed, **amounts)
-    return build_splits(labelled_ids, spec, unlabelled_ids=unlabelled_ids)
+    return build_splits(labelled_ids, spec, unlabelled_ids=unlabelled_ids, groups=groups)
 
 
 def expand_study(study: Study, manifest: str | Path) -> Plan:
     """The study's plan over the dataset at ``manifest`` (see resolve_dataset)."""
     from synthmix.datasets.manifest import read_manifest
+    from synthmix.search_spaces.data_checks import check_study_data
 
     m = read_manifest(manifest)
-    splits = build_split_plan(study, m.labelled_ids, m.unlabelled_ids)
-    return expand_cells(study, splits, dataset_fingerprint=m.fingerprint(), manifest=Path(manifest))
+    splits = build_split_plan(study, m.labelled_ids, m.unlabelled_ids, m.groups)
+    data = check_study_data(study, m, splits)  # StudyError naming the field, before anything runs
+    return expand_cells(study, splits, dataset_fingerprint=m.fingerprint(), manifest=Path(manifest), data=data)
 
 
-def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifest: Path) -> Plan:
-    """Cells and generator jobs from a split plan (``splits.get(fold, repeat, amount)``)."""
+def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifest: Path,
+                 data: Any = None) -> Plan:
+    """Cells and generator jobs from a split plan (``splits.get(fold, repeat, amount)``);
+    ``data`` is the plan's check against its dataset (data_checks.check_study_data)."""
     suffix = content_hash([study.fingerprint(), dataset_fingerprint], 8)
     real = study.real_factor
     cells: list[Cell] = []
@@ -304,7 +318,7 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
         dup = next(i for i in ids if ids.count(i) > 1)
         raise StudyError([f"factors: two levels print the same in cell ids ({dup}); rename one"], study.source)
     plan = Plan(study=study, manifest=manifest, dataset_fingerprint=dataset_fingerprint, splits=splits,
-                cells=cells, generator_jobs=jobs, pool_jobs=pools)
+                cells=cells, generator_jobs=jobs, pool_jobs=pools, data=data)
     plan.estimate = estimate(plan)
     return plan
 
@@ -341,9 +355,10 @@ def _pool_job(study: Study, gen_key: str, pools: dict[str, PoolJob]) -> PoolJob:
 # --- estimate ----------------------------------------------------------------------------------
 
 
-def _image_pixels(study: Study) -> int:
+def _image_pixels(study: Study, data: Any = None) -> int:
     pre = study.dataset.preprocess
-    size = pre.get("patch_size") or pre.get("pad_to")
+    size = data.train_size if data is not None and data.train_size else \
+        pre.get("patch_size") or pre.get("pad_to") or pre.get("resize")
     if size is None and study.dataset.phantom:
         size = study.dataset.phantom.size
     if size is None:
@@ -396,7 +411,7 @@ def _step_seconds(kind: str, batch: int, pixels: int) -> float:
 def estimate(plan: Plan) -> dict:
     """Per-trial resources and the modelled total compute (see the module docstring)."""
     s, r = plan.study, plan.study.resources
-    pixels = _image_pixels(s)
+    pixels = _image_pixels(s, plan.data)
     seg_steps, seg_batch = _budget(s.segmenter)
     cell_steps = [_cell_steps(plan, c) for c in plan.cells]
     seg = sum(cell_steps) * _step_seconds("segmenter", seg_batch, pixels)

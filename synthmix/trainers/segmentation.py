@@ -1,6 +1,13 @@
 """The segmentation training flow: train on a stream of batches, select by real validation Dice,
 evaluate the selected weights on the test subjects.
 
+Training batches may be patches (``preprocess.patch_size``); validation and test always segment
+whole slices, reassembled into each subject's volume: in one fully convolutional pass over the
+slice (``inference: whole``, every network pads internally to the sizes it needs), or with
+MONAI's ``sliding_window_inference`` (``inference: sliding_window``: windows of the training
+patch size, or ``window_size``, overlapping by ``window_overlap``). Model selection therefore
+sees the same whole slices as the final evaluation.
+
 ``train_segmentation(config, data, context)`` reads top to bottom: set-up, resume, the
 iteration-based loop (validation every ``val_every`` steps, best-by-validation-Dice weights,
 003's stopping rule or a fixed budget, checkpoints), then evaluation per test subject.
@@ -78,6 +85,11 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
         eval_batch_size: slices per forward pass in validation and evaluation.
         per_slice: also score every test slice as its own 2D image and add the means over
             slices as ``slice_<metric>`` (for papers that reported per-image metrics).
+        inference: how validation and test slices are segmented: "whole" (one pass over the
+            whole slice) or "sliding_window".
+        window_size: the sliding window's (H, W); None: the training slices' size (the patch).
+        window_overlap: overlap of neighbouring windows, in [0, 1).
+        window_blend: "constant" (plain mean) or "gaussian" (centre-weighted) where windows overlap.
     """
 
     architecture: str = "unet"
@@ -99,8 +111,14 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
     seed: int = 0
     eval_batch_size: int = 64
     per_slice: bool = False
+    inference: str = "whole"
+    window_size: tuple[int, int] | None = None
+    window_overlap: float = 0.25
+    window_blend: str = "constant"
 
 
+INFERENCE_MODES = ("whole", "sliding_window")
+WINDOW_BLENDS = ("constant", "gaussian")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(SegmentationConfig))
 
 
@@ -111,9 +129,11 @@ def build_segmentation_config(d: dict[str, Any], source: str = "segmentation") -
     if d.get("budget") is not None and "max_steps" in d:
         problems.append("budget: give max_steps (optimiser steps) or budget (real exposures), not both")
     values = {k: v for k, v in d.items() if k in CONFIG_FIELDS}
-    for key in ("betas", "early_stop"):
+    for key in ("betas", "early_stop", "window_size"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
+    if isinstance(values.get("window_size"), int) and not isinstance(values["window_size"], bool):
+        values["window_size"] = (values["window_size"],) * 2
     try:
         config = SegmentationConfig(**values)
     except TypeError as e:  # pragma: no cover - every field has a default
@@ -154,6 +174,23 @@ def _config_problems(c: SegmentationConfig) -> list[str]:
     if c.early_stop is not None and not (isinstance(c.early_stop, tuple) and len(c.early_stop) == 2
                                          and all(isinstance(v, int) and v >= 1 for v in c.early_stop)):
         p.append(f"early_stop: must be null or [min_steps, patience] (positive integers), got {c.early_stop!r}")
+    return p + _inference_problems(c)
+
+
+def _inference_problems(c: SegmentationConfig) -> list[str]:
+    p = []
+    if c.inference not in INFERENCE_MODES:
+        p.append(f"inference: must be one of {', '.join(INFERENCE_MODES)}, got {c.inference!r}")
+    if c.window_size is not None and not (isinstance(c.window_size, tuple) and len(c.window_size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in c.window_size)):
+        p.append(f"window_size: must be null, a positive int or [H, W], got {c.window_size!r}")
+    if isinstance(c.window_overlap, bool) or not isinstance(c.window_overlap, (int, float)) \
+            or not 0 <= c.window_overlap < 1:
+        p.append(f"window_overlap: must be a number in [0, 1), got {c.window_overlap!r}")
+    if c.window_blend not in WINDOW_BLENDS:
+        p.append(f"window_blend: must be one of {', '.join(WINDOW_BLENDS)}, got {c.window_blend!r}")
+    if c.inference == "whole" and c.window_size is not None:
+        p.append("window_size: only with inference: sliding_window")
     return p
 
 
@@ -231,9 +268,11 @@ def _check_data(data: SegmentationData) -> None:
         s: SliceSet = getattr(data, name)
         if len(s) == 0:
             raise DataError(f"segmentation data: the {name} set has no slices")
-        if s.images.shape[1:] != ref.images.shape[1:]:
-            raise DataError(f"segmentation data: {name} slices are {s.images.shape[1:]}, "
-                            f"train slices {ref.images.shape[1:]} (channels, rows, cols)")
+        # Only channels must agree: training slices may be patches of the whole val/test slices.
+        if s.images.shape[1] != ref.images.shape[1]:
+            raise DataError(f"segmentation data: {name} slices have {s.images.shape[1]} channel(s), "
+                            f"train slices {ref.images.shape[1]} (shapes {s.images.shape[1:]} and "
+                            f"{ref.images.shape[1:]}, channels x rows x cols)")
         if s.num_classes != ref.num_classes:
             raise DataError(f"segmentation data: {name} has {s.num_classes} classes, train {ref.num_classes}")
         if s.labels.min() < 0 or s.labels.max() >= s.num_classes:
@@ -291,6 +330,7 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
     if problems:
         raise StudyError(problems, "segmentation")
     _check_data(data)
+    inference = inference_for(config, data.train)
     device = context.device
     num_classes = data.train.num_classes
     timings = {"train_s": 0.0, "val_s": 0.0, "eval_s": 0.0}
@@ -347,7 +387,7 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
             continue
         timings["train_s"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        val_dice = _validate(net, data.val, config, context)
+        val_dice = _validate(net, data.val, config, context, inference)
         timings["val_s"] += time.perf_counter() - tick
         model.train()
         _record_validation(progress, val_dice, net)
@@ -360,10 +400,10 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
     tick = time.perf_counter()
     net.load_state_dict(progress.best_state)
     aggregate, per_subject = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc,
-                                      device=device, batch_size=config.eval_batch_size)
+                                      device=device, batch_size=config.eval_batch_size, inference=inference)
     if config.per_slice:
-        per_slice, _ = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc,
-                                device=device, batch_size=config.eval_batch_size, per_slice=True)
+        per_slice, _ = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc, device=device,
+                                batch_size=config.eval_batch_size, per_slice=True, inference=inference)
         aggregate.update({f"slice_{k}": v for k, v in per_slice.items()})
     timings["eval_s"] += time.perf_counter() - tick
     return SegmentationResult(metrics={**aggregate, "per_subject": per_subject},
@@ -439,14 +479,15 @@ def _should_stop(progress: _Progress, config: SegmentationConfig, max_steps: int
     return progress.step >= min_steps and progress.step - progress.best_step >= patience
 
 
-def _validate(net: nn.Module, val: SliceSet, config: SegmentationConfig, context: TrainContext) -> float:
+def _validate(net: nn.Module, val: SliceSet, config: SegmentationConfig, context: TrainContext,
+              inference: Inference | None = None) -> float:
     """Mean foreground Dice over the validation subjects (no distances: cheap). Every rank gets
     rank 0's buffers first (batch-norm statistics), so every rank computes the same value."""
     if _distributed(context):
         for buffer in net.buffers():
             dist.broadcast(buffer, src=0)
-    aggregate, _ = evaluate(net, val, num_classes=val.num_classes, lcc=config.lcc,
-                            device=context.device, batch_size=config.eval_batch_size, distances=False)
+    aggregate, _ = evaluate(net, val, num_classes=val.num_classes, lcc=config.lcc, device=context.device,
+                            batch_size=config.eval_batch_size, distances=False, inference=inference)
     return aggregate["dice_mean"]
 
 
@@ -487,22 +528,53 @@ def _resume(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 # ----------------------------------------------------------------------------- evaluation
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How whole slices are segmented: ``window`` None is one pass over the whole slice;
+    otherwise MONAI's sliding window of that (H, W), ``overlap`` and ``blend`` mode."""
+
+    window: tuple[int, int] | None = None
+    overlap: float = 0.25
+    blend: str = "constant"
+
+
+def inference_for(config: SegmentationConfig, train: SliceSet) -> Inference:
+    """The study's inference mode; the default window is the training slices' (patch) size."""
+    if config.inference == "whole":
+        return Inference()
+    window = tuple(config.window_size) if config.window_size else tuple(train.images.shape[2:])
+    return Inference(window=window, overlap=float(config.window_overlap), blend=config.window_blend)
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, x: torch.Tensor, inference: Inference | None = None,
+                   window_batch: int = 64) -> torch.Tensor:
+    """Logits (B, K, H, W) of whole slices x (B, C, H, W): one pass, or a sliding window."""
+    if inference is None or inference.window is None:
+        return net(x)
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(x, roi_size=inference.window, sw_batch_size=window_batch, predictor=net,
+                                    overlap=inference.overlap, mode=inference.blend)
+
+
 @torch.no_grad()
 def predict_volume(net: nn.Module, images: np.ndarray, *, device: torch.device,
-                   batch_size: int) -> np.ndarray:
+                   batch_size: int, inference: Inference | None = None) -> np.ndarray:
     """Labels (D, H, W) for a subject's slices (D, C, H, W), predicted slice by slice."""
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.as_tensor(images[start:start + batch_size], dtype=torch.float32, device=device)
-        out.append(net(x).argmax(dim=1).cpu().numpy())
+        out.append(predict_logits(net, x, inference, batch_size).argmax(dim=1).cpu().numpy())
     return np.concatenate(out)
 
 
 def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: bool,
              device: torch.device | str, batch_size: int = 64, distances: bool = True,
-             per_slice: bool = False) -> tuple[dict[str, float], list[dict]]:
-    """Metrics of ``model`` on every subject of ``sliceset``: slices predicted, reassembled into
-    the subject's volume, scored with its spacing. Returns (means over subjects, per subject).
+             per_slice: bool = False, inference: Inference | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Metrics of ``model`` on every subject of ``sliceset``: whole slices predicted (see
+    ``Inference``), reassembled into the subject's volume, scored with its spacing (that of
+    the preprocessed slices). Returns (means over subjects, per subject).
     ``per_slice`` scores each slice as a (1, H, W) volume instead (rows carry ``slice``, the index in volume order)."""
     net = _unwrap(model)
     was_training = net.training
@@ -511,7 +583,7 @@ def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: boo
     per_subject = []
     try:
         for sid, images, labels, spacing in sliceset.volumes():
-            pred = predict_volume(net, images, device=device, batch_size=batch_size)
+            pred = predict_volume(net, images, device=device, batch_size=batch_size, inference=inference)
             if not per_slice:
                 metrics = segmentation_metrics(pred, labels, num_classes=num_classes, spacing=spacing,
                                                lcc=lcc, distances=distances)
@@ -547,4 +619,4 @@ def _mean_over_ranks(value: torch.Tensor, context: TrainContext) -> float:
 
 __all__ = ["SegmentationConfig", "build_segmentation_config", "SegmentationData", "BatchSampler",
            "RealSampler", "SegmentationResult", "train_segmentation", "training_steps", "global_batch",
-           "evaluate", "predict_volume"]
+           "evaluate", "predict_volume", "Inference", "inference_for", "predict_logits"]

@@ -171,37 +171,49 @@ def write_artifact_folder(out_dir: Path, write: Callable[[Path], None], *,
 
 
 def save_sample_grid(images: np.ndarray, labels: np.ndarray, path: str | Path, *, num_classes: int,
-                     ncols: int = 8, title: str = "samples") -> Path:
-    """PNG of image+label pairs: per pair the bare image (first channel, grey) and the image
+                     ncols: int = 8, title: str = "samples", channel_names: list[str] | None = None) -> Path:
+    """PNG of image+label pairs: per pair every modality (channel) bare, in grey, then the first
     with the label as a semi-transparent colour overlay plus outlines; a legend names the
-    classes' colours. Grey levels share one range across the grid so samples compare."""
+    classes' colours. Grey levels share one range per channel across the grid so samples
+    compare. ``channel_names`` (default "channel 0", ...) title the panels of the first row."""
     import matplotlib
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
     from matplotlib.patches import Patch
 
-    n = len(images)
+    n, channels = len(images), images.shape[1]
+    names = list(channel_names or ([] if channels == 1 else [f"channel {c}" for c in range(channels)]))
     ncols = max(1, min(ncols, n))
-    nrows = -(-n // ncols)
+    nrows, per = -(-n // ncols), channels + 1  # panels per pair
     colours = matplotlib.colormaps["tab10"].colors
     cmap = ListedColormap([(0, 0, 0, 0)] + [colours[(k - 1) % 10] for k in range(1, num_classes)])
-    lo, hi = np.percentile(images[:, 0], [0.5, 99.5])
-    fig = Figure(figsize=(2 * ncols * 1.2, nrows * 1.25 + 0.5))
-    axes = fig.subplots(nrows, 2 * ncols, squeeze=False)
+    ranges = [np.percentile(images[:, c], [0.5, 99.5]) for c in range(channels)]
+    aspect = images.shape[2] / images.shape[3]  # rows / cols: non-square slices keep their shape
+    fig = Figure(figsize=(per * ncols * 1.2, nrows * 1.25 * aspect + 0.5 + 0.2 * bool(names)))
+    axes = fig.subplots(nrows, per * ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
-        bare, over = axes[i // ncols, 2 * (i % ncols)], axes[i // ncols, 2 * (i % ncols) + 1]
-        bare.imshow(images[i, 0], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        over.imshow(images[i, 0], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        row, first = i // ncols, per * (i % ncols)
+        for c in range(channels):
+            axes[row, first + c].imshow(images[i, c], cmap="gray", vmin=ranges[c][0], vmax=ranges[c][1],
+                                        interpolation="nearest")
+            if row == 0 and names:
+                axes[row, first + c].set_title(names[c] if c < len(names) else f"channel {c}", fontsize=6)
+        over = axes[row, first + channels]
+        over.imshow(images[i, 0], cmap="gray", vmin=ranges[0][0], vmax=ranges[0][1], interpolation="nearest")
         over.imshow(labels[i], cmap=cmap, vmin=-0.5, vmax=num_classes - 0.5, alpha=0.45, interpolation="nearest")
         if labels[i].max() > 0:
             over.contour(labels[i], levels=np.arange(0.5, num_classes - 0.5), colors="white", linewidths=0.3)
+        if row == 0 and names:
+            over.set_title("label", fontsize=6)
     handles = [Patch(color=colours[(k - 1) % 10], label=f"class {k}") for k in range(1, num_classes)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)
-    fig.suptitle(f"{title}: image | image with label overlay", fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / fig.get_figheight(),
-                        bottom=0.35 / fig.get_figheight(), wspace=0.04, hspace=0.04)
+    what = "each modality" if channels > 1 else "image"
+    fig.suptitle(f"{title}: {what} | image with label overlay", fontsize=9)
+    top = (0.35 + 0.2 * bool(names)) / fig.get_figheight()
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - top, bottom=0.35 / fig.get_figheight(),
+                        wspace=0.04, hspace=0.04 + 0.15 * bool(names))
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path
