@@ -131,7 +131,8 @@ def test_plan_json_has_what_the_aggregator_reads():
     data = json.loads(plan.to_json())
     assert data["study"] == "grid"
     assert data["factors"] == ["real_fraction", "synthetic", "architecture", "augmentation"]
-    assert data["counts"] == {"cells": 72, "generator_trainings": 6, "cells_without_generator": 24}
+    assert data["counts"] == {"cells": 72, "generator_trainings": 6, "pools": 6, "cells_without_generator": 24}
+    assert all(c["pool_key"] for c in data["cells"] if c["generator_key"])  # one pool per generator here
     row = data["cells"][0]
     assert {"cell_id", "real_fraction", "synthetic", "architecture", "augmentation", "fold", "repeat",
             "generator_key", "seed"} <= set(row)

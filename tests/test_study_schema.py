@@ -77,7 +77,7 @@ def test_valid_study_is_typed_and_defaults_are_filled():
     ("factors.colour", ["red"], "factors.colour: unknown key"),
     ("generator.name", "stylegan9", "generator.name: unknown generator 'stylegan9'"),
     ("generator", _DELETE, "generator: missing"),
-    ("generator.config", {"stepz": 5}, "generator.config.stepz: unknown generator option"),
+    ("generator.config", {"stepz": 5}, "generator.config.stepz: unknown dcgan_wgangp option"),
     ("generator.config", {"seed": 1}, "generator.config.seed: set the study's seed"),
     ("mixing.policy", "blend", "mixing.policy: unknown policy 'blend'"),
     ("mixing.source", "cloud", "mixing.source: unknown source 'cloud'"),
@@ -121,8 +121,8 @@ def test_policy_specific_levels():
     with pytest.raises(StudyError, match=r"factors.synthetic\[1\]: .*quote ratios"):
         validate_study(ratio, "ratio.yaml")
     count = {**BASE, "mixing": {"policy": "count"}, "factors": {**BASE["factors"], "synthetic": [0, 600]},
-             "generator": {"name": "dcgan_wgangp", "config": {"pool_size": 100}}}
-    with pytest.raises(StudyError, match="pool_size: 100 is smaller than the largest synthetic count 600"):
+             "generator": {"name": "dcgan_wgangp", "pool": {"size": 100}}}
+    with pytest.raises(StudyError, match=r"generator.pool.size: 100 is smaller than the largest synthetic count 600"):
         validate_study(count, "count.yaml")
 
 
@@ -213,3 +213,24 @@ def test_a_real_exposure_budget_needs_levels_that_draw_real_data():
         validate_study(raw, "x")
     assert err.value.problems == ["factors.synthetic[2]: '0-16' draws no real data, so segmenter.budget "
                                   "(real_draws) in real exposures never ends; use segmenter.max_steps"]
+
+
+def test_generator_section_is_validated_by_the_family_and_the_pipeline():
+    """Family options go through the family's own builder; an unknown filter, clean-up or
+    select.by is named with its field; a whole-pool filter is refused for on-the-fly sampling."""
+    def problems(generator, mixing=None):
+        raw = {**BASE, "generator": generator, **({"mixing": mixing} if mixing else {})}
+        with pytest.raises(StudyError) as err:
+            validate_study(raw, "g.yaml")
+        return err.value.problems
+
+    base = {"name": "dcgan_wgangp", "config": {}}
+    assert any(p.startswith("generator.config.pool_size: moved to generator.pool.size")
+               for p in problems({**base, "config": {"pool_size": 4}}))
+    assert any("generator.select.by: unknown 'fid'" in p for p in problems({**base, "select": {"by": "fid"}}))
+    assert any("generator.pool" in p and "sharpen" in p for p in problems({**base, "pool": {"filters": ["sharpen"]}}))
+    assert any("generator.pool" in p and "erode" in p for p in problems({**base, "pool": {"cleanup": ["erode"]}}))
+    on_the_fly = problems({**base, "pool": {"filters": [{"name": "blur", "percentile": 10}]}},
+                          {"policy": "additive", "source": "on_the_fly"})
+    assert any(p.startswith("generator.pool.filters[0]: filter 'blur' ranks samples against the whole pool")
+               for p in on_the_fly)
