@@ -142,7 +142,7 @@ def test_artifact_is_complete_reloadable_and_plain_data(trained):
     np.testing.assert_array_equal(a.labels, b.labels)
     assert a.labels.dtype == np.int64 and a.labels.max() < 3 and a.images.shape == (5, 1, 32, 32)
     assert a.extras["label_channels"].shape == (5, 3, 32, 32) and a.extras["latent_norm"].shape == (5,)
-    for key in ("swd", "swd_untrained", "nn_distance", "nn_distance_untrained", "nn_distance_real_baseline"):
+    for key in ("swd", "swd_untrained", "nn_distance", "nn_distance_untrained", "nn_distance_real", "fcn_dice_mean", "blur_real"):
         assert np.isfinite(reopened.quality[key])
     assert [m["step"] for m in context.history] == [2, 4]
     assert {"critic_loss", "generator_loss", "wasserstein"} <= set(context.history[0])

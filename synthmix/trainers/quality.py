@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 import scipy.ndimage
@@ -107,8 +107,7 @@ def swd_per_level(real: np.ndarray, fake: np.ndarray, *, seed: int, patch: int =
     pyr_fake = laplacian_pyramid(fake, len(resolutions))
     out = {}
     for res, lr, lf in zip(resolutions, pyr_real, pyr_fake):
-        a = _descriptors(lr, count, patch, rng)
-        b = _descriptors(lf, count, patch, rng)
+        a, b = _descriptors(lr, count, patch, rng), _descriptors(lf, count, patch, rng)
         out[res] = 1e3 * _sliced_wasserstein(a, b, repeats, directions, rng)
     return out
 
@@ -124,23 +123,30 @@ def sliced_wasserstein_distance(real: np.ndarray, fake: np.ndarray, *, seed: int
 
 # ---- nearest-neighbour (memorisation) distance ---------------------------------------------------
 
-def nearest_neighbour_distance(samples: np.ndarray, training: np.ndarray, *, batch_size: int = 256
-                               ) -> tuple[float, np.ndarray]:
-    """(mean, per-sample) Euclidean distance from each sample image to its nearest training
-    image, over all pixels and channels, computed in batches with torch.cdist."""
+def nearest_neighbours(samples: np.ndarray, training: np.ndarray, *, batch_size: int = 256
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, index): per sample image, the Euclidean distance to its nearest training
+    image over all pixels and channels, and that image's index; in batches with torch.cdist."""
     a = torch.as_tensor(np.asarray(samples, np.float32)).flatten(1)
     b = torch.as_tensor(np.asarray(training, np.float32)).flatten(1)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"samples {samples.shape} and training {training.shape} differ in image shape")
-    per_sample = torch.empty(len(a), dtype=torch.float64)
+    best = torch.full((len(a),), float("inf"), dtype=torch.float64)
+    index = torch.zeros(len(a), dtype=torch.int64)
     for start in range(0, len(a), batch_size):
         chunk = a[start:start + batch_size].double()
-        best = torch.full((len(chunk),), float("inf"), dtype=torch.float64)
         for tstart in range(0, len(b), batch_size):
-            dist = torch.cdist(chunk, b[tstart:tstart + batch_size].double())
-            best = torch.minimum(best, dist.min(dim=1).values)
-        per_sample[start:start + len(chunk)] = best
-    values = per_sample.numpy()
+            dist, arg = torch.cdist(chunk, b[tstart:tstart + batch_size].double()).min(dim=1)
+            better = dist < best[start:start + len(chunk)]
+            best[start:start + len(chunk)] = torch.where(better, dist, best[start:start + len(chunk)])
+            index[start:start + len(chunk)] = torch.where(better, arg + tstart, index[start:start + len(chunk)])
+    return best.numpy(), index.numpy()
+
+
+def nearest_neighbour_distance(samples: np.ndarray, training: np.ndarray, *, batch_size: int = 256
+                               ) -> tuple[float, np.ndarray]:
+    """(mean, per-sample) Euclidean distance from each sample image to its nearest training image."""
+    values, _ = nearest_neighbours(samples, training, batch_size=batch_size)
     return float(values.mean()), values
 
 
@@ -248,53 +254,213 @@ def generator_quality(artifact_or_sampler, real: SliceSet, *, seed: int, n: int 
     }
 
 
-# ----# ---- TEMPORARY shims for the generator platform until the quality helper's branch lands ----
+# ---- blurriness ---------------------------------------------------------------------------------
 
-def swd_against(samples, real: SliceSet, *, seed: int) -> float:
+# The 3x3 Laplacian of cv2.Laplacian (ksize=1), the usual "variance of Laplacian" focus measure.
+_LAPLACIAN = np.float32([[0, 1, 0], [1, -4, 1], [0, 1, 0]])
+
+
+def laplacian_variance(images: np.ndarray) -> np.ndarray:
+    """(n,) sharpness of each image (n, C, H, W): the variance of its Laplacian (002, after
+    Pech-Pacheco et al.), averaged over channels; lower is blurrier."""
+    lap = scipy.ndimage.correlate(np.asarray(images, np.float32), _LAPLACIAN[None, None], mode="reflect")
+    return lap.reshape(*lap.shape[:2], -1).var(axis=2).mean(axis=1).astype(np.float64)
+
+
+# ---- SWD against matched real halves ------------------------------------------------------------
+
+def real_halves(real: SliceSet, *, seed: int, splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``splits`` random (A, B) boolean masks over the slices: disjoint halves by subject (the
+    floor then compares different subjects, as a generator's new samples are), or by slice
+    when there is a single subject."""
+    subjects = np.array(real.subjects)
+    halves = []
+    for s in range(splits):
+        rng = np.random.default_rng([seed, s])
+        if len(subjects) >= 2:
+            a = np.isin(real.subject_ids, rng.permutation(subjects)[: len(subjects) // 2])
+        else:
+            a = np.zeros(len(real), bool)
+            a[rng.permutation(len(real))[: len(real) // 2]] = True
+        halves.append((a, ~a))
+    return halves
+
+
+def _summary(per_split: list[dict[int, float]]) -> dict:
+    values = np.array([np.mean(list(d.values())) for d in per_split])
+    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "per_split": values.round(3).tolist(),
+            "per_level": {str(k): float(np.mean([d[k] for d in per_split])) for k in per_split[0]}}
+
+
+def matched_swd(real: SliceSet, sets: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: int,
+                splits: int = 4) -> dict:
+    """SWD of each synthetic set and of real data (the floor), on equal terms.
+
+    Per split (``real_halves``), real half B is the reference; the floor is SWD(B, A) and each
+    synthetic figure SWD(B, |A| synthetic pairs), the next |A| of its set (cycled when short),
+    so every figure and the floor compare sets of the same sizes against the same reference.
+    Returns {"real": summary, name: summary, "sizes": [[|A|, |B|], ...]}, each summary the mean
+    and SD over splits of the level-averaged SWD x 1e3, its per-split and per-level values.
+    """
+    k = real.num_classes
+    results: dict[str, list] = {"real": [], **{name: [] for name in sets}}
+    used = dict.fromkeys(sets, 0)
+    sizes = []
+    for s, (a, b) in enumerate(real_halves(real, seed=seed, splits=splits)):
+        reference = joint_pictures(real.images[b], real.labels[b], k)
+        m = int(a.sum())
+        sizes.append([m, int(b.sum())])
+        level_seed = seed * 1000 + s
+        results["real"].append(swd_per_level(reference, joint_pictures(real.images[a], real.labels[a], k),
+                                             seed=level_seed))
+        for name, (images, labels) in sets.items():
+            idx = np.arange(used[name], used[name] + m) % len(images)
+            used[name] += m
+            results[name].append(swd_per_level(reference, joint_pictures(images[idx], labels[idx], k),
+                                               seed=level_seed))
+    return {**{name: _summary(v) for name, v in results.items()}, "sizes": sizes}
+
+
+def swd_samples_needed(real: SliceSet, *, seed: int, splits: int = 4) -> int:
+    """How many synthetic pairs ``matched_swd`` uses per set without repeating one."""
+    return int(sum(a.sum() for a, _ in real_halves(real, seed=seed, splits=splits)))
+
+
+# ---- FCN score (002) ----------------------------------------------------------------------------
+
+def train_reference_segmenter(real: SliceSet, *, seed: int, steps: int = 200,
+                              device: str | torch.device = "cpu", batch_size: int = 16) -> torch.nn.Module:
+    """A small UNet (3 levels, 8-16-32 filters, batch norm; Dice + CE, Adam 1e-3) trained for
+    ``steps`` on the real training slices only: the reference segmenter of 002's FCN score.
+
+    A short loop of its own rather than ``train_segmentation``: that flow selects weights on
+    validation subjects and evaluates test subjects, which a generator's quality measures must
+    not touch (rule 3); this one trains a fixed budget on the training subset and nothing else.
+    """
+    from synthmix.trainers.losses import build_loss
+    from synthmix.trainers.networks import build_network
+
+    device = torch.device(device)
     rng = np.random.default_rng(seed)
-    ri, rl = _sample_real(real, len(samples.images), rng)
-    return sliced_wasserstein_distance(joint_pictures(ri, rl, real.num_classes),
-                                       joint_pictures(samples.images, samples.labels, real.num_classes), seed=seed)
-
-
-def train_reference_segmenter(real: SliceSet, *, seed: int, steps: int, device="cpu"):
-    from synthmix.trainers.networks import NETWORKS
-
-    torch.manual_seed(seed)
-    net = NETWORKS.get("unet")(in_channels=real.images.shape[1], num_classes=real.num_classes, levels=3).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network("unet", in_channels=real.images.shape[1], num_classes=real.num_classes,
+                            options=dict(levels=3, base_filters=8, doubling=True, batch_norm=True)).to(device)
+    loss_fn = build_loss("dice_ce", num_classes=real.num_classes).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    rng = np.random.default_rng(seed)
+    net.train()
     for _ in range(steps):
-        idx = rng.integers(0, len(real), 8)
-        x = torch.as_tensor(real.images[idx], device=device)
-        y = torch.as_tensor(real.labels[idx], device=device)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        idx = rng.integers(0, len(real), size=batch_size)
+        x = torch.as_tensor(real.images[idx], dtype=torch.float32, device=device)
+        y = torch.as_tensor(real.labels[idx], dtype=torch.int64, device=device)
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     return net.eval()
 
 
 @torch.no_grad()
-def fcn_score(model, samples, *, device="cpu") -> dict:
-    pred = model(torch.as_tensor(samples.images, device=device)).argmax(1).cpu().numpy()
-    k = int(max(pred.max(), samples.labels.max())) + 1
-    dice = []
-    for c in range(1, k):
-        a, b = pred == c, samples.labels == c
-        if a.sum() + b.sum():
-            dice.append(2 * (a & b).sum() / (a.sum() + b.sum()))
-    return {"dice_mean": float(np.mean(dice)) if dice else 0.0}
+def fcn_score(model: torch.nn.Module, samples, *, batch_size: int = 64) -> dict:
+    """002's FCN score: the reference segmenter's Dice against the pairs' own labels (is the
+    label right for the image?), pooled over all pairs; ``dice_mean`` over the foreground
+    classes and ``dice_<c>`` per class. ``samples`` has ``images`` and ``labels`` (Samples or
+    a SliceSet: the same call gives the segmenter's Dice on real slices, for scale)."""
+    from synthmix.trainers.metrics import segmentation_metrics
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    preds, k = [], None
+    for start in range(0, len(samples.images), batch_size):
+        logits = model(torch.as_tensor(samples.images[start:start + batch_size], dtype=torch.float32, device=device))
+        k = logits.shape[1]
+        preds.append(logits.argmax(dim=1).cpu().numpy())
+    model.train(was_training)
+    metrics = segmentation_metrics(np.concatenate(preds), np.asarray(samples.labels), num_classes=k,
+                                   spacing=(1.0, 1.0, 1.0), distances=False)
+    return {key: float(v) for key, v in metrics.items() if key.startswith("dice_")}
 
 
-def quality_report(sample, real: SliceSet, *, seed: int, n: int, untrained=None, val=None,
-                   reference_segmenter=None, device="cpu") -> dict:
-    class _S:
-        def __init__(self, f):
-            self.f = f
+# ---- every figure at once --------------------------------------------------------------------------
 
-        def sample(self, n, *, seed, device="cpu"):
-            s = self.f(n, seed)
-            return s.images, s.labels
-    out = generator_quality(_S(sample), real, seed=seed, n=n, untrained=_S(untrained), device=device)
-    if reference_segmenter is not None:
-        out["fcn_score"] = fcn_score(reference_segmenter, sample(n, seed), device=device)["dice_mean"]
-    return out
+DEFINITIONS = {
+    "swd": "PGGAN multi-scale Laplacian-pyramid SWD x1e3 (7x7 descriptors, 128 per image, 4 x 128 projections, "
+           "levels down to 16 px, per-set descriptor normalisation), image + label channels, averaged over "
+           "levels; mean (sd) over random splits of the real training subjects into halves A, B: synthetic "
+           "|A| pairs vs B; real: A vs B (the floor at the same set sizes)",
+    "swd_vs_floor": "(swd - real swd) / sqrt(swd_sd^2 + real swd_sd^2): the gap to the floor in units of "
+                    "their spread over splits (about 2 or more: told apart from real data)",
+    "fcn_dice_mean": "Dice of a reference UNet trained on the real training subset, predicting the pairs' "
+                     "images, against their labels, pooled over pairs; real: on the validation slices if "
+                     "given, else on the training slices (in-sample)",
+    "blur": "mean variance of the Laplacian of the images (lower = blurrier)",
+    "nn_distance": "mean L2 distance from each image to its nearest real training image; real: leave-one-"
+                   "subject-out within the training subset",
+}
+
+
+def _figures(images: np.ndarray, labels: np.ndarray, swd: dict, floor: dict, real: SliceSet,
+             segmenter: torch.nn.Module, n: int) -> dict:
+    fcn = fcn_score(segmenter, _Pairs(images[:n], labels[:n]))
+    return {"swd": swd["mean"], "swd_sd": swd["sd"], "swd_per_split": swd["per_split"],
+            "swd_per_level": swd["per_level"],
+            "swd_vs_floor": _gap(swd, floor),
+            "fcn_dice_mean": fcn["dice_mean"], "fcn_dice": {k: v for k, v in fcn.items() if k != "dice_mean"},
+            "blur": float(laplacian_variance(images[:n]).mean()),
+            "nn_distance": nearest_neighbour_distance(images[:n], real.images)[0]}
+
+
+def _gap(swd: dict, floor: dict) -> float | None:
+    """(swd - floor) in units of their combined spread over splits."""
+    spread = float(np.hypot(swd["sd"], floor["sd"]))
+    return (swd["mean"] - floor["mean"]) / spread if spread > 0 else None
+
+
+class _Pairs(NamedTuple):
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def quality_report(sample: Callable[[int, int], Any], real: SliceSet, *, seed: int, n: int,
+                   untrained: Callable[[int, int], Any] | None = None, val: SliceSet | None = None,
+                   reference_segmenter: torch.nn.Module | None = None, device: str | torch.device = "cpu",
+                   splits: int = 4) -> dict:
+    """Every quality figure for ``sample`` (``sample(n, seed) -> Samples``), for the untrained
+    sampler if given, and for real data (the floors), JSON-able: {"trained", "untrained",
+    "real": {swd, swd_sd, fcn_dice_mean, fcn_dice, blur, nn_distance, ...}, "meta",
+    "definitions"}. ``real`` is the cell's training subset; ``val`` (real validation slices)
+    only gives the reference segmenter's own Dice, for scale. Pass ``reference_segmenter`` to
+    reuse one across snapshots (``train_reference_segmenter``)."""
+    drawn = max(n, swd_samples_needed(real, seed=seed, splits=splits))
+    draws = {"trained": sample(drawn, seed)}
+    if untrained is not None:
+        draws["untrained"] = untrained(drawn, seed)
+    swd = matched_swd(real, {k: (v.images, v.labels) for k, v in draws.items()}, seed=seed, splits=splits)
+    segmenter = reference_segmenter or train_reference_segmenter(real, seed=seed, device=device)
+    report = {name: _figures(d.images, d.labels, swd[name], swd["real"], real, segmenter, n)
+              for name, d in draws.items()}
+    report.setdefault("untrained", None)
+    fcn_real = fcn_score(segmenter, val if val is not None else real)
+    report["real"] = {"swd": swd["real"]["mean"], "swd_sd": swd["real"]["sd"],
+                      "swd_per_split": swd["real"]["per_split"], "swd_per_level": swd["real"]["per_level"],
+                      "fcn_dice_mean": fcn_real["dice_mean"],
+                      "fcn_dice": {k: v for k, v in fcn_real.items() if k != "dice_mean"},
+                      "fcn_on": "validation slices" if val is not None else "training slices (in-sample)",
+                      "blur": float(laplacian_variance(real.images).mean()),
+                      "nn_distance": _leave_subject_out_nn(real)}
+    report["meta"] = {"seed": seed, "n_samples": n, "n_drawn": drawn, "n_real": len(real), "splits": splits,
+                      "swd_set_sizes": swd["sizes"]}
+    report["definitions"] = DEFINITIONS
+    return report
+
+
+def swd_against(samples, real: SliceSet, *, seed: int) -> float:
+    """One SWD of ``samples`` against as many real training pairs: the cheap score ``select``
+    ranks snapshots by (the full figure with its floor is ``quality_report``'s)."""
+    rng = np.random.default_rng(seed)
+    images, labels = _sample_real(real, len(samples.images), rng)
+    return sliced_wasserstein_distance(joint_pictures(images, labels, real.num_classes),
+                                       joint_pictures(samples.images[:len(images)], samples.labels[:len(images)],
+                                                      real.num_classes), seed=seed)

@@ -205,15 +205,23 @@ def _scorer(by: str, sampler, masks, real: SliceSet, reference: _ReferenceSegmen
     if by == "swd":
         return lambda weights: q.swd_against(sample_fn(sampler(weights), masks, device)(n, seed + 3), real, seed=seed)
     if by == "fcn_score":
-        return lambda weights: q.fcn_score(reference.get(), sample_fn(sampler(weights), masks, device)(n, seed + 3),
-                                           device=device)["dice_mean"]
+        return lambda weights: q.fcn_score(reference.get(), sample_fn(sampler(weights), masks, device)(n, seed + 3))[
+            "dice_mean"]
     return None
 
 
 def _quality(trained: ShapedSampler, untrained: ShapedSampler, masks, real: SliceSet, val: SliceSet | None,
              reference: _ReferenceSegmenter, quality: QualitySpec, seed: int, device) -> dict:
+    """quality.json: the flat figures (trained; ``_untrained`` and ``_real`` for the references),
+    which rows and the report read, plus the full report under ``report``."""
     from synthmix.trainers.quality import quality_report
 
-    return quality_report(sample_fn(trained, masks, device), real, seed=seed, n=quality.samples,
-                          untrained=sample_fn(untrained, masks, device), val=val,
-                          reference_segmenter=reference.get(), device=device)
+    report = quality_report(sample_fn(trained, masks, device), real, seed=seed, n=quality.samples,
+                            untrained=sample_fn(untrained, masks, device), val=val,
+                            reference_segmenter=reference.get(), device=device)
+    flat = {}
+    for part, suffix in (("trained", ""), ("untrained", "_untrained"), ("real", "_real")):
+        for key, value in (report.get(part) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"{key}{suffix}"] = value
+    return {**flat, "n_samples": quality.samples, "report": report}
