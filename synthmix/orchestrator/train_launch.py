@@ -109,6 +109,12 @@ def _worker_resources(scaling: Scaling) -> dict[str, float]:
     return resources
 
 
+def _backend(scaling: Scaling) -> str:
+    """NCCL for GPU workers, as Ray Train would choose; gloo when this torch has no NCCL (a CPU
+    build given logical GPUs: ``ray.init(num_gpus=N)`` on a machine without one)."""
+    return "nccl" if scaling.use_gpu and torch.distributed.is_nccl_available() else "gloo"
+
+
 def run_on_ray_train(
     flow: Callable[[dict, Any], dict],
     args: dict,
@@ -124,11 +130,12 @@ def run_on_ray_train(
     JSON-serialisable dict on every rank.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"flow": flow, "args": args},
+        torch_config=TorchConfig(backend=_backend(scaling)),
         scaling_config=ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=scaling.use_gpu,
