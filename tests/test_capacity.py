@@ -136,3 +136,47 @@ def test_completion_is_asked_rarely_and_remembered() -> None:
     assert [check("k"), check("k")] == [False, False] and calls == ["k"]  # second: not asked again
     check = completion_check(lambda key: calls.append(key) or next(answers), every=0)
     assert [check("k"), check("k")] == [True, True] and calls == ["k", "k"]  # finished: remembered
+
+
+def _resources_problems(**resources) -> list[str]:
+    import yaml
+
+    from synthmix.errors import StudyError
+    from synthmix.search_spaces.schema import validate_study
+    from tiny_study import tiny_study_yaml
+
+    raw = yaml.safe_load(tiny_study_yaml())
+    raw["resources"] = resources
+    try:
+        validate_study(raw, "gpus.yaml")
+    except StudyError as err:
+        return err.problems
+    return []
+
+
+def test_fractions_of_a_gpu_that_ray_and_nccl_refuse_are_caught_before_a_run() -> None:
+    assert _resources_problems(workers=1, gpus_per_worker=0.25) == []
+    assert _resources_problems(workers=2, gpus_per_worker=2) == []
+    assert any("whole number" in p for p in _resources_problems(gpus_per_worker=1.5))
+    assert any("4 decimals" in p for p in _resources_problems(gpus_per_worker=0.123456))
+    assert any("NCCL" in p for p in _resources_problems(workers=2, gpus_per_worker=0.5))
+
+
+def test_plan_estimates_per_cell_costs_and_gpu_time_of_fractional_gpus(phantom_manifest) -> None:
+    import yaml
+
+    from synthmix.search_spaces.expand import cell_costs, expand_study, generator_seconds, segmentation_seconds
+    from synthmix.search_spaces.schema import validate_study
+    from tiny_study import tiny_study_yaml
+
+    raw = yaml.safe_load(tiny_study_yaml())
+    raw["resources"] = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.25}
+    plan = expand_study(validate_study(raw, "quarter.yaml"), phantom_manifest)
+    costs = cell_costs(plan)
+    seg = segmentation_seconds(plan.study)
+    for cell in plan.cells:
+        job = plan.generator_jobs.get(cell.generator_key)
+        assert costs[cell.cell_id] == ((generator_seconds(plan.study, job) if job else 0.0), seg)
+    e = plan.estimate
+    assert e["trainings_per_gpu"] == 4 and abs(e["gpu_seconds"] - e["total_cpu_seconds"] * 0.25) < 0.1
+    assert "4 trainings share each GPU" in plan.render()

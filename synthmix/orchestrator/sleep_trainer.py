@@ -9,7 +9,8 @@ the Ray Train worker group the real training would use, with the same resources,
 what the real flow returns, so the row is written by the normal path. A generator leaves a
 stand-in artifact (and pool): every file of a complete one, none of them usable. With ``"trace": DIR``
 each training writes ``DIR/<run name>-rank<r>.json``: its wall-clock start and end and the GPU ids Ray gave
-its worker. The variable reaches the workers of the embedded local Ray from the driver's
+its worker; with ``"together": N`` as well, the first N trainings wait until all N have begun
+(they can only if they hold their resources at once). The variable reaches the workers of the embedded local Ray from the driver's
 environment.
 """
 
@@ -34,15 +35,31 @@ def _sleep(seconds: float, context) -> dict:
     import ray.train
 
     name = ray.train.get_context().get_experiment_name()  # the run: cell-ID or generator-KEY
+    entries = table() or {}
     start = time.time()
+    if entries.get("together"):
+        _meet(Path(entries["trace"]), f"{name}-rank{context.world_rank}", int(entries["together"]))
     time.sleep(seconds)
     record = {"name": name, "start": start, "end": time.time(), "rank": context.world_rank,
               "gpu_ids": [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]}
-    trace = (table() or {}).get("trace")
-    if trace:
-        Path(trace).mkdir(parents=True, exist_ok=True)
-        (Path(trace) / f"{name}-rank{context.world_rank}.json").write_text(json.dumps(record))
+    if entries.get("trace"):
+        Path(entries["trace"]).mkdir(parents=True, exist_ok=True)
+        (Path(entries["trace"]) / f"{name}-rank{context.world_rank}.json").write_text(json.dumps(record))
     return record
+
+
+def _meet(trace: Path, name: str, count: int, timeout: float = 300.0) -> None:
+    """``"together": N``: the first N trainings wait here until all N have started, which they
+    can only do if they hold their resources at the same time (later ones pass at once)."""
+    arrived = trace / "arrived"
+    arrived.mkdir(parents=True, exist_ok=True)
+    (arrived / name).touch()
+    deadline = time.monotonic() + timeout
+    while len(list(arrived.iterdir())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{SLEEP_ENV}: {name}: {len(list(arrived.iterdir()))} of {count} trainings "
+                               f"started within {timeout:g} s")
+        time.sleep(0.2)
 
 
 def _seconds(entries: dict, name: str, fallback: str | None = None) -> float:
