@@ -37,6 +37,7 @@ Run:
 
     .venv/bin/python benchmarks/train_throughput.py            # 20 subjects, 60 steps, 3 repeats
     .venv/bin/python benchmarks/train_throughput.py --quick    # smoke run, about a minute
+    .venv/bin/python benchmarks/train_throughput.py --cuda     # on a GPU: fp32 vs AMP + channels_last
 
 Read: the ``RESULT`` line gives ray/bare and local/bare steps-per-second ratios and the (d)
 diagnostics; the issue's target is ray/bare >= 0.9. A local/bare ratio well below 1 means
@@ -103,34 +104,41 @@ def make_dataset(root: Path, subjects: int) -> dict:
 # --- the three variants ----------------------------------------------------------------------------
 
 
-def bare_loop(config: SegmentationConfig, data: SegmentationData, seed: int) -> dict:
-    """(a): the loop a user would write by hand, timed over all ``max_steps`` steps."""
+def bare_loop(config: SegmentationConfig, data: SegmentationData, seed: int, *, device: str = "cpu",
+              amp: bool = False, channels_last: bool = False) -> dict:
+    """(a): the loop a user would write by hand, timed over all ``max_steps`` steps; on CUDA
+    optionally with float16 autocast + loss scaling and channels-last memory layout."""
     train = data.train
     torch.manual_seed(config.seed)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     model = build_network(config.architecture, in_channels=train.images.shape[1],
-                          num_classes=train.num_classes, options=config.network)
+                          num_classes=train.num_classes, options=config.network).to(device, memory_format=layout)
     loss_fn = build_loss(config.loss, num_classes=train.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     rng = np.random.default_rng(seed)
     model.train()
     tick = time.perf_counter()
     for _ in range(config.max_steps):
         idx = rng.integers(0, len(train), size=config.batch_size)
-        x = torch.from_numpy(train.images[idx])
-        y = torch.from_numpy(train.labels[idx])
-        loss = loss_fn(model(x), y)
+        x = torch.from_numpy(train.images[idx]).to(device).contiguous(memory_format=layout)
+        y = torch.from_numpy(train.labels[idx]).to(device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()  # what any loop does to log the loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss.item()  # what any loop does to log the loss (and a CUDA sync before the clock stops)
     train_s = time.perf_counter() - tick
     return {"steps": config.max_steps, "train_s": train_s, "threads": torch.get_num_threads()}
 
 
-def local_loop(config: SegmentationConfig, data: SegmentationData, checkpoint_root: Path) -> dict:
+def local_loop(config: SegmentationConfig, data: SegmentationData, checkpoint_root: Path,
+               device: str = "cpu") -> dict:
     """(b): synthmix's loop in this process."""
     tick = time.perf_counter()
-    result = train_segmentation(config, data, LocalContext(checkpoint_root=checkpoint_root))
+    result = train_segmentation(config, data, LocalContext(device, checkpoint_root=checkpoint_root))
     return {"steps": result.steps_done, **result.timings, "flow_s": time.perf_counter() - tick,
             "threads": torch.get_num_threads()}
 
@@ -217,6 +225,35 @@ def report(runs: dict[str, list[dict]], ray_init_s: float) -> None:
           f"(ratios of medians)")
 
 
+# --- CUDA: fp32 vs mixed precision ------------------------------------------------------------------
+
+
+def cuda_compare(config: SegmentationConfig, data: SegmentationData, root: Path, repeats: int) -> None:
+    """``--cuda``: steps/s on the GPU, fp32 vs float16 AMP + channels-last for the bare loop, and
+    synthmix's loop with ``amp`` off vs on (its config has no channels-last switch)."""
+    bare_loop(dataclasses.replace(config, max_steps=3), data, seed=0, device="cuda")  # warm-up
+    variants = {
+        "bare-fp32": lambda r: bare_loop(config, data, seed=config.seed, device="cuda"),
+        "bare-amp-cl": lambda r: bare_loop(config, data, seed=config.seed, device="cuda", amp=True,
+                                           channels_last=True),
+        "local-fp32": lambda r: local_loop(config, data, root / f"ckpt-fp32-{r}", device="cuda"),
+        "local-amp": lambda r: local_loop(dataclasses.replace(config, amp=True), data, root / f"ckpt-amp-{r}",
+                                          device="cuda"),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    order = list(variants)
+    for r in range(repeats):
+        for name in order[r % 4:] + order[:r % 4]:
+            runs[name].append(variants[name](r))
+            print(f"repeat {r} {name:11s}: {steps_per_s(runs[name][-1]):.2f} steps/s", flush=True)
+    sps = {name: median(rs, steps_per_s) for name, rs in runs.items()}
+    print(f"GPU {torch.cuda.get_device_name(0)}; median steps/s: "
+          + ", ".join(f"{name} {v:.2f}" for name, v in sps.items()))
+    print(f"RESULT cuda steps/s ratio AMP + channels_last / fp32 (bare loop) = "
+          f"{sps['bare-amp-cl'] / sps['bare-fp32']:.3f}; synthmix loop amp / fp32 = "
+          f"{sps['local-amp'] / sps['local-fp32']:.3f}")
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -227,6 +264,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="repeats of (a), (b), (c) (3)")
     parser.add_argument("--subjects", type=int, default=None, help="phantom subjects (20, the default phantom)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads here = CPUs of the Ray worker")
+    parser.add_argument("--cuda", action="store_true", help="on the GPU: fp32 vs AMP + channels_last, no Ray")
+    parser.add_argument("--batch-size", type=int, default=None, help="segmentation batch size (8)")
     args = parser.parse_args()
     steps = args.steps or (8 if args.quick else 60)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -240,12 +279,18 @@ def main() -> None:
         dataset = make_dataset(root, subjects)
         data = load_data(dataset)  # also builds the cache the Ray worker reads
         config_dict = {"max_steps": steps, "val_every": steps, "checkpoint_every": steps, "seed": 0}
+        if args.batch_size:
+            config_dict["batch_size"] = args.batch_size
         config = build_segmentation_config(config_dict)
         print(f"data: default phantom, {subjects} subjects, {len(data.train)} train / {len(data.val)} val / "
               f"{len(data.test)} test slices of {data.train.images.shape[1:]}, {data.train.num_classes} classes")
         print(f"model: {config.architecture} {config.network}, loss {config.loss}, batch {config.batch_size}, "
               f"{steps} steps per measurement, {repeats} repeat(s); validation only at the last step")
         print(f"load: {os.getloadavg()[0]:.2f} (1-min load average) on {os.cpu_count()} CPUs")
+        if args.cuda:
+            if not torch.cuda.is_available():
+                raise SystemExit("--cuda: torch sees no CUDA device")
+            return cuda_compare(config, data, root, repeats)
 
         tick = time.perf_counter()
         ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False,

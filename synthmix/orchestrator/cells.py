@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+from synthmix.orchestrator import sleep_trainer
 from synthmix.orchestrator.generators import ensure_generator
 from synthmix.orchestrator.rows import (build_row, subject_metadata, subject_records, write_row,
                                         write_subject_rows)
@@ -72,6 +73,8 @@ def generator_flow(args: dict, context) -> dict:
     """Train the generator of one key on exactly its training subset (and, for a family that
     asks, the study's unlabelled images): rule 3. Rank 0 publishes it to the store, then draws
     and publishes the cell's pool, saving a second Ray Train start-up."""
+    if sleep_trainer.table() is not None:  # test-only, see sleep_trainer
+        return sleep_trainer.generator_flow(args, context)
     from synthmix.trainers.generators import GeneratorData
     from synthmix.trainers.generators.flow import train_generator
 
@@ -93,6 +96,8 @@ def generator_flow(args: dict, context) -> dict:
 def pool_flow(args: dict, context) -> dict:
     """Draw one pool from a finished generator (rank 0; clean-up and filters see the cell's
     training subset only)."""
+    if sleep_trainer.table() is not None:  # test-only, see sleep_trainer
+        return sleep_trainer.pool_flow(args, context)
     from synthmix.trainers.generators.artifact import GeneratorArtifact
 
     spec = _spec(args)
@@ -130,6 +135,8 @@ def _synthetic_source(spec: CellSpec, train, device):
 
 def segmentation_flow(args: dict, context) -> dict:
     """Train and evaluate one cell's segmentation network on real (+ synthetic) data."""
+    if sleep_trainer.table() is not None:  # test-only, see sleep_trainer
+        return sleep_trainer.segmentation_flow(args, context)
     from synthmix.datasets.mixing import MIXING_POLICIES
     from synthmix.trainers.segmentation import SegmentationData, build_segmentation_config, train_segmentation
 

@@ -115,22 +115,40 @@ def _check_same_dataset(store: StudyStore, plan: Plan, study_ref) -> None:
 
 
 def trial_configs(study: Study, store: StudyStore, plan: Plan) -> list[dict]:
-    """One Tune config ``{"spec": CellSpec dict}`` per pending cell, in launch order: one cell
-    per generator key first (so generators start early), then cells without synthetic data,
-    then the rest."""
+    """One Tune config ``{"spec": CellSpec dict}`` per pending cell, in plan order (the cell
+    queue decides the launch order)."""
     from synthmix.orchestrator.spec import build_cell_specs
 
     done = store.finished_cells()
     pending = [c for c in plan.cells if c.cell_id not in done]
-    first_of_key, seen = [], set()
-    for c in pending:
-        if c.generator_key and c.generator_key not in seen:
-            seen.add(c.generator_key)
-            first_of_key.append(c)
-    no_gen = [c for c in pending if c.generator_key is None]
-    rest = [c for c in pending if c.generator_key and c not in first_of_key]
-    specs = build_cell_specs(study, str(store.root), plan, first_of_key + no_gen + rest)
-    return [{"spec": s.to_dict()} for s in specs]
+    return [{"spec": s.to_dict()} for s in build_cell_specs(study, str(store.root), plan, pending)]
+
+
+def queued_cells(plan: Plan, configs: list[dict]) -> list:
+    """The trial configs as the cell queue sees them: artifact keys and the plan's estimates (a
+    pool drawn in a run of its own costs a Ray start-up)."""
+    from synthmix.orchestrator.capacity import QueuedCell
+    from synthmix.search_spaces.expand import RAY_START_SECONDS, cell_costs
+
+    costs = cell_costs(plan)
+    cells = []
+    for config in configs:
+        spec = config["spec"]
+        cell_id, pool = spec["cell"]["cell_id"], spec["pool"]
+        cells.append(QueuedCell(cell_id=cell_id, generator_key=spec["cell"]["generator_key"],
+                                generator_seconds=costs[cell_id][0], segmentation_seconds=costs[cell_id][1],
+                                pool_key=pool["key"] if pool and pool["source"] == "pool" else None,
+                                pool_seconds=RAY_START_SECONDS, payload=config))
+    return cells
+
+
+def artifact_check(store: StudyStore, plan: Plan):
+    """``is_complete(key)`` for the queue: a generator or pool key of the plan, asked of the
+    store at most once a second (local) or every 5 s (object storage)."""
+    from synthmix.orchestrator.capacity import completion_check
+
+    kinds = {**{k: "generators" for k in plan.generator_jobs}, **{k: "pools" for k in plan.pool_jobs}}
+    return completion_check(lambda key: store.artifact_complete(kinds[key], key), 5.0 if store.remote else 1.0)
 
 
 def concurrency(study: Study, cluster: dict[str, float]) -> int:
@@ -174,7 +192,8 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=True, logging_level="ERROR", runtime_env=_runtime_env(joined))
+                     configure_logging=True, logging_level="ERROR", runtime_env=_runtime_env(joined),
+                     _system_config=None if joined else _embedded_config(study))
         try:
             if any(c["spec"]["generator"] for c in configs):
                 from synthmix.orchestrator.generators import start_coordinator
@@ -184,8 +203,9 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
                                  fixed=None if joined else concurrency(study, ray.cluster_resources()))
             say(f"running {len(configs)} cell(s), at most {limit.limit()} at a time"
                 + (" for now: the limit follows the cluster as it scales" if joined else ""))
-            queue = CellQueue(configs, limit, on_wait=lambda n: say(
-                f"{n} cell(s) wait for the cluster to provide their resources (autoscaling)"))
+            queue = CellQueue(queued_cells(plan, configs), limit, is_complete=artifact_check(store, plan),
+                              on_wait=lambda n: say(
+                                  f"{n} cell(s) wait for the cluster to provide their resources (autoscaling)"))
             tuner = tune.Tuner(
                 tune.with_resources(_trainable(), tune.PlacementGroupFactory(TRIAL_RESOURCES)),
                 tune_config=tune.TuneConfig(search_alg=queue, num_samples=len(configs)),
@@ -207,6 +227,22 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
         raise SynthmixError(f"{len(missing)} of {len(plan.cells)} cells did not finish "
                             f"(rerun 'synthmix resume {store.name}' to retry them):\n" + "\n".join(lines))
     return store
+
+
+# Processes one running cell keeps on its node besides its workers: the Tune trial, Ray
+# Train's controller, synchronisation actor, dataset manager and placement-group cleaner.
+PROCESSES_PER_CELL = 5
+
+
+def _embedded_config(study: Study) -> dict:
+    """The embedded Ray's worker startup concurrency, sized to the processes of the cells that
+    fit at once. Ray's default (the CPU count) makes the raylet warn ("N PYTHON worker processes
+    have been started ... 4x the maximum expected startup concurrency") on every small machine:
+    trials and Train controllers reserve no CPU by design, so more processes run than CPUs."""
+    r = study.resources
+    cpus = os.cpu_count() or 1
+    cells = max(1, int(cpus // max(r.workers * r.cpus_per_worker, 1e-9)))
+    return {"worker_maximum_startup_concurrency": max(cpus, cells * (PROCESSES_PER_CELL + r.workers))}
 
 
 def _runtime_env(joined: bool) -> dict | None:

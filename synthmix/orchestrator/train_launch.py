@@ -14,6 +14,7 @@ worker reports it as a final result and the caller raises ``TrainingDiverged`` o
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class RayTrainContext:
 
 
 RESULT_FILE = "synthmix_result.json"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def _worker_loop(payload: dict) -> None:
@@ -109,6 +111,12 @@ def _worker_resources(scaling: Scaling) -> dict[str, float]:
     return resources
 
 
+def _backend(scaling: Scaling) -> str:
+    """NCCL for GPU workers, as Ray Train would choose; gloo when this torch has no NCCL (a CPU
+    build given logical GPUs: ``ray.init(num_gpus=N)`` on a machine without one)."""
+    return "nccl" if scaling.use_gpu and torch.distributed.is_nccl_available() else "gloo"
+
+
 def run_on_ray_train(
     flow: Callable[[dict, Any], dict],
     args: dict,
@@ -124,11 +132,18 @@ def run_on_ray_train(
     JSON-serialisable dict on every rank.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    # Ray Train's preemption watcher, one more actor process per training, only logs node drains
+    # for ray.train.get_preemption_info, which no flow reads: a lost node is a worker failure,
+    # retried from the last checkpoint (max_failures). Read here, in the process that starts
+    # the training, and passed on by Ray Train to its controller.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
 
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"flow": flow, "args": args},
+        torch_config=TorchConfig(backend=_backend(scaling)),
         scaling_config=ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=scaling.use_gpu,

@@ -186,6 +186,10 @@ class Plan:
                       f"{_hours(e['generator_cpu_seconds'])}, Ray start-ups {_hours(e['ray_start_seconds'])}); "
                       f"about {_hours(e['wall_seconds'])} wall "
                       f"with {e['parallel_trials']} trial(s) at a time"]
+            if e.get("gpu_seconds"):
+                shared = e.get("trainings_per_gpu")
+                lines.append(f"GPU time held: {_hours(e['gpu_seconds'])} (the model's seconds x {r['gpus']:g} GPU "
+                             "per training" + (f"; {shared:g} trainings share each GPU)" if shared else ")"))
         return "\n".join(line for line in lines if line)
 
 
@@ -408,6 +412,23 @@ def _step_seconds(kind: str, batch: int, pixels: int) -> float:
     return overhead + batch * pixels / 1e6 * per_mpix
 
 
+def segmentation_seconds(study: Study) -> float:
+    """Modelled seconds of one cell's segmentation training, its Ray start-up included."""
+    steps, batch = _budget(study.segmenter)
+    return steps * _step_seconds("segmenter", batch, _image_pixels(study)) + RAY_START_SECONDS
+
+
+def cell_costs(plan: Plan) -> dict[str, tuple[float, float]]:
+    """cell id -> (modelled seconds of its generator's training with its Ray start-up, 0
+    without one; of its segmentation): what the cell queue orders by (``orchestrator.capacity``)."""
+    pixels = _image_pixels(plan.study, plan.data)
+    _, batch = _budget(plan.study.segmenter)
+    step = _step_seconds("segmenter", batch, pixels)
+    gen = {key: generator_seconds(job, pixels) + RAY_START_SECONDS for key, job in plan.generator_jobs.items()}
+    return {c.cell_id: (gen[c.generator_key] if c.generator_key else 0.0, _cell_steps(plan, c) * step + RAY_START_SECONDS)
+            for c in plan.cells}
+
+
 def estimate(plan: Plan) -> dict:
     """Per-trial resources and the modelled total compute (see the module docstring)."""
     s, r = plan.study, plan.study.resources
@@ -417,18 +438,22 @@ def estimate(plan: Plan) -> dict:
     seg = sum(cell_steps) * _step_seconds("segmenter", seg_batch, pixels)
     gen = sum(generator_seconds(job, pixels) for job in plan.generator_jobs.values())
     overhead = (len(plan.cells) + len(plan.generator_jobs)) * RAY_START_SECONDS
-    cpus = r.workers * r.cpus_per_worker
+    cpus, gpus = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
     parallel = r.max_concurrent_trials or max(1, int((os.cpu_count() or 1) // max(cpus, 1)))
     total = seg + gen + overhead
     return {
         "per_trial": {"workers": r.workers, "cpus_per_worker": r.cpus_per_worker,
-                      "gpus_per_worker": r.gpus_per_worker, "cpus": cpus, "gpus": r.workers * r.gpus_per_worker},
+                      "gpus_per_worker": r.gpus_per_worker, "cpus": cpus, "gpus": gpus},
         "image_pixels": pixels, "segmenter_steps": max(cell_steps, default=seg_steps), "segmenter_batch": seg_batch,
         "segmenter_cpu_seconds": round(seg, 1), "generator_cpu_seconds": round(gen, 1),
         "ray_start_seconds": round(overhead, 1),
         "total_cpu_seconds": round(total, 1), "parallel_trials": parallel,
         # Each training spreads over its trial's CPUs; trials run `parallel` at a time.
         "wall_seconds": round(total / (min(parallel, max(len(plan.cells), 1)) * max(cpus, 1)), 1),
+        # GPU time the trainings hold (a training on a fraction of a GPU holds that fraction),
+        # and how many trainings share one GPU; 0 / None for a CPU study.
+        "gpu_seconds": round(total * gpus, 1),
+        "trainings_per_gpu": round(1 / gpus, 3) if 0 < gpus < 1 else None,
         "model": "steps x (overhead + batch x pixels x cost), one CPU thread, plus a Ray start-up per "
-                 "training (an estimate; GPUs not modelled)",
+                 "training (an estimate; GPU speed not modelled: on a GPU it is an upper bound)",
     }

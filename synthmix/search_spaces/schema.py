@@ -606,7 +606,7 @@ def _default_baseline(factors: dict, mixing: MixingSection) -> dict | None:
 def _resources(raw: Any, problems: _Problems) -> ResourcesSection:
     r = _mapping(raw, "resources", problems, tuple(ResourcesSection.__dataclass_fields__))
     dflt = ResourcesSection()
-    return ResourcesSection(
+    section = ResourcesSection(
         workers=_int(r, "workers", "resources", problems, default=dflt.workers, minimum=1),
         cpus_per_worker=_num(r, "cpus_per_worker", "resources", problems, default=dflt.cpus_per_worker,
                              check=lambda x: x > 0, bounds="(0, inf)"),
@@ -615,6 +615,23 @@ def _resources(raw: Any, problems: _Problems) -> ResourcesSection:
         max_concurrent_trials=_int(r, "max_concurrent_trials", "resources", problems, default=None,
                                    minimum=1, allow_none=True),
         max_failures=_int(r, "max_failures", "resources", problems, default=dflt.max_failures, minimum=0))
+    _check_gpu_share(section, problems)
+    return section
+
+
+def _check_gpu_share(r: ResourcesSection, problems: _Problems) -> None:
+    """What Ray or NCCL would only refuse at run time: Ray takes a fraction of a GPU below 1 and
+    whole GPUs above, in steps of 0.0001; NCCL refuses two ranks of one training on one GPU."""
+    g = r.gpus_per_worker
+    if not isinstance(g, (int, float)) or isinstance(g, bool) or g <= 0:
+        return
+    if g > 1 and g != int(g):
+        problems.add("resources.gpus_per_worker", f"{g!r}: above 1 it must be a whole number of GPUs")
+    elif g < 1 and abs(g * 10000 - round(g * 10000)) > 1e-6:
+        problems.add("resources.gpus_per_worker", f"{g!r}: a fraction of a GPU has at most 4 decimals")
+    elif g < 1 and isinstance(r.workers, int) and r.workers > 1:
+        problems.add("resources.gpus_per_worker", f"{g!r} with workers: {r.workers}: the workers of one "
+                     "training could share a GPU, which NCCL refuses; use whole GPUs for several workers")
 
 
 def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | None,
