@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="line: metric vs real fraction with confidence bands; box: box plots with "
                    "not-significant brackets")
     p.add_argument("--x", help="x-axis factor of the plot (default real_fraction or real_count)")
+    p.add_argument("--tune", action="store_true", help="the tuning stage's trials instead, best first, "
+                   "and the winner frozen into the grid (--format table, markdown, csv or json)")
     p.set_defaults(handler=_results)
 
 
@@ -47,6 +49,12 @@ def _names(text: str) -> list[str]:
 def _results(args: argparse.Namespace) -> int:
     from synthmix.results import analyse, read_results
     from synthmix.results.tables import footer, render
+
+    if args.tune:
+        from synthmix.results.tuning import read_tuning, render_trials
+
+        print(render_trials(read_tuning(args.source, storage=args.storage), args.format, digits=args.digits + 1))
+        return 0
 
     test, correction, alpha = ("student", "none", 0.05) if args.paper else (args.test, args.correction, args.alpha)
     analysis = analyse(read_results(args.source, storage=args.storage), metric=args.metric,

@@ -141,6 +141,7 @@ class Plan:
                                 "cells": per_key[k]} for k, j in self.generator_jobs.items()],
             "pool_jobs": [asdict(j) for j in self.pool_jobs.values()],
             "estimate": self.estimate,
+            **({"tune": _tune_block(self.study)} if self.study.tune else {}),
         }
 
     def to_json(self) -> str:
@@ -171,7 +172,30 @@ class Plan:
                       f"{_hours(e['generator_cpu_seconds'])}, Ray start-ups {_hours(e['ray_start_seconds'])}); "
                       f"about {_hours(e['wall_seconds'])} wall "
                       f"with {e['parallel_trials']} trial(s) at a time"]
+        if s.tune:
+            from synthmix.search_spaces.tune_section import render_block
+
+            lines += render_block(s, _tune_block(s)["estimate_cpu_seconds"])
         return "\n".join(line for line in lines if line)
+
+
+def _tune_block(study: Study) -> dict:
+    """plan.json's ``tune`` block, with the search's modelled compute: one training per trial
+    (none when a generator figure scores it), and one generator training per trial when the
+    search changes the generator, else one in all."""
+    from synthmix.search_spaces.tune_section import plan_block
+
+    t, pixels = study.tune, _image_pixels(study)
+    seg_steps, seg_batch = _budget(study.segmenter, "segmenter")
+    per_trial = RAY_START_SECONDS + (0.0 if t.scores_generator else
+                                     seg_steps * _step_seconds("segmenter", seg_batch, pixels))
+    gen = 0.0
+    if study.uses_synthetic(t.on["synthetic"]):
+        config = study.generator.configs[t.on.get("generator") or next(iter(study.generator.configs))]
+        steps, batch = _budget(config, "generator")
+        one = RAY_START_SECONDS + steps * (1 + _critic_updates(config)) * _step_seconds("generator", batch, pixels)
+        gen = one * (t.trials if any(p.startswith("generator.") for p in t.space) else 1)
+    return {**plan_block(study), "estimate_cpu_seconds": round(t.trials * per_trial + gen, 1)}
 
 
 def _hours(seconds: float) -> str:
