@@ -12,7 +12,7 @@ from synthmix import __version__
 from synthmix.errors import SynthmixError
 
 # Order is the order of `synthmix --help`.
-COMMANDS = ["plan", "run", "status", "results", "report", "data", "sample", "spaces"]
+COMMANDS = ["plan", "tune", "run", "status", "results", "report", "data", "sample", "spaces"]
 
 
 def build_parser() -> argparse.ArgumentParser:

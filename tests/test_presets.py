@@ -14,7 +14,7 @@ from synthmix.search_spaces.presets import preset_header, preset_names, preset_p
 
 # (cells, generator trainings) each preset's header promises.
 EXPECTED = {"quickstart": (12, 6), "bowles2018-table2": (144, 24), "neff2018": (18, 3),
-            "bowles-gansfer-ratios": (125, 25)}
+            "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3)}
 
 
 def test_the_required_presets_ship():

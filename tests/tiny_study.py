@@ -35,3 +35,18 @@ resources: {workers: 1, cpus_per_worker: 1, max_failures: 1}
 def tiny_study_yaml(*, real_fractions: str = "[0.5, 1.0]", lr: float = 1e-3) -> str:
     """The study's YAML text: 2 synthetic levels x the given real fractions, 1 repeat."""
     return _TEMPLATE.replace("REAL_FRACTIONS", real_fractions).replace("LR", repr(lr))
+
+
+def sigkill_when(driver, condition, *, timeout: float, what: str) -> None:
+    """SIGKILL the ``driver`` process as soon as ``condition()`` holds; fail (with the driver's
+    output if it ended) when it does not within ``timeout`` seconds."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    assert condition(), driver.communicate()[0] if driver.poll() is not None else f"no {what} in {timeout:.0f} s"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)  # the embedded Ray notices its driver is gone

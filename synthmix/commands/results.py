@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "column (age, lesion_load, ...)")
     p.add_argument("--bins", type=int, help="with --by: quantile bins of a numeric column (default 3)")
     p.add_argument("--x", help="x-axis factor of the plot (default real_fraction or real_count)")
+    p.add_argument("--tune", action="store_true", help="the tuning stage's trials instead, best first, "
+                   "and the winner frozen into the grid (--format table, markdown, csv or json)")
     p.set_defaults(handler=_results)
 
 
@@ -54,6 +56,12 @@ def _results(args: argparse.Namespace) -> int:
     from synthmix.results.store import ResultsError, read_subject_results
     from synthmix.results.subjects import analyse_subjects
     from synthmix.results.tables import footer, render
+
+    if args.tune:
+        from synthmix.results.tuning import read_tuning, render_trials
+
+        print(render_trials(read_tuning(args.source, storage=args.storage), args.format, digits=args.digits + 1))
+        return 0
 
     test, correction, alpha = ("student", "none", 0.05) if args.paper else (args.test, args.correction, args.alpha)
     if (args.by or args.bins) and not args.per_subject:

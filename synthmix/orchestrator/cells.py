@@ -142,7 +142,10 @@ def segmentation_flow(args: dict, context) -> dict:
 
     spec = _spec(args)
     train, load = _data(spec)
-    val, test = load(spec.split.val), load(spec.split.test)
+    val = load(spec.split.val)
+    # A tuning trial (score: validation) is evaluated on the validation subjects and loads no
+    # test subject (rule 4).
+    test = val if args.get("score") == "validation" else load(spec.split.test)
     config = build_segmentation_config(spec.segmenter)
     synthetic, available = _synthetic_source(spec, train, context.device)
     sampler = MIXING_POLICIES.get(spec.mixing["policy"]).build_sampler(
@@ -167,7 +170,7 @@ def run_cell(config: dict) -> None:
     spec = _spec(config)
     store = StudyStore.at(spec.root)
     try:
-        row = _run(store, spec, config)
+        row = execute_cell(store, spec, config)
     except Exception as err:
         store.record_error(spec.cell_id, err)
         raise
@@ -185,9 +188,13 @@ def _ensure(kind: str, key: str, store: StudyStore, spec: CellSpec, flow, config
                                        scaling=Scaling(**spec.scaling), max_failures=spec.max_failures))
 
 
-def _run(store: StudyStore, spec: CellSpec, config: dict) -> dict:
+def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
+    """The cell's generator, pool and segmentation; returns its row, written to the store. A
+    tuning trial's config has ``score``: ``validation`` (evaluated on the validation subjects,
+    nothing written) or ``generator`` (stops after the generator: its quality figures)."""
     start = time.monotonic()
-    if store.row_file(spec.cell_id).exists():  # finished by an earlier attempt
+    score = config.get("score", "test")
+    if score == "test" and store.row_file(spec.cell_id).exists():  # finished by an earlier attempt
         return {}
     gen_timing, quality, pool_info = {"train_s": 0.0, "wait_s": 0.0}, {}, {}
     if spec.generator is not None:
@@ -197,6 +204,9 @@ def _run(store: StudyStore, spec: CellSpec, config: dict) -> dict:
             pool_timing = _ensure("pools", spec.pool.key, store, spec, pool_flow, config)
             gen_timing = {k: gen_timing[k] + pool_timing[k] for k in ("train_s", "wait_s")}
             pool_info = store.pool_info(spec.pool.key)
+    if score == "generator":
+        return {"cell_id": spec.cell_id, "generator_key": spec.generator.key,
+                **{f"gen_{k}": float(v) for k, v in _flat_quality(quality).items()}}
 
     seg_start = time.monotonic()
     seg = run_on_ray_train(segmentation_flow, config, name=f"cell-{spec.cell_id}",
@@ -217,7 +227,8 @@ def _run(store: StudyStore, spec: CellSpec, config: dict) -> dict:
                     data=data, metrics=seg["metrics"], generator=_flat_quality(quality), timings=timings)
     write_subject_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["per_subject"],
                                                             seg["subject_metadata"]))
-    write_row(store, row)
+    if score == "test":
+        write_row(store, row)
     return row
 
 

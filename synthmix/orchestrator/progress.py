@@ -1,4 +1,5 @@
-"""The progress line of ``synthmix run``: cells done / running / failed and an ETA."""
+"""The progress line of ``synthmix run`` and ``synthmix tune``: cells (or trials) done /
+running / failed and an ETA."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from ray.tune import Callback
 
 
 class ProgressCallback(Callback):
-    """Prints one line whenever a cell starts, finishes or fails."""
+    """Prints one line whenever a cell (a trial) starts, finishes or fails."""
 
-    def __init__(self, total: int, quiet: bool = False):
-        self.total, self.quiet = total, quiet
+    def __init__(self, total: int, quiet: bool = False, noun: str = "cells"):
+        self.total, self.quiet, self.noun = total, quiet, noun
         self.done = self.failed = self.running = 0
         self.start = time.monotonic()
 
@@ -22,7 +23,7 @@ class ProgressCallback(Callback):
         elapsed = time.monotonic() - self.start
         finished = self.done + self.failed
         eta = "?" if not self.done else _fmt(elapsed / finished * (self.total - finished))
-        print(f"[{_fmt(elapsed)}] cells: {self.done}/{self.total} done, {self.running} running, "
+        print(f"[{_fmt(elapsed)}] {self.noun}: {self.done}/{self.total} done, {self.running} running, "
               f"{self.failed} failed, ETA {eta}", file=sys.stderr, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):

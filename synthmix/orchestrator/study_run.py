@@ -11,11 +11,13 @@ finished cell or generator is never computed twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -49,6 +51,10 @@ def prepare_study(study_ref: str | Path | None, *, storage: str | Path | None = 
     manifest = read_manifest(manifest_path)
     preprocess = build_preprocess_config(study.dataset.preprocess)
     check_dataset(manifest, num_classes=_declared_classes(study, preprocess))
+    if study.tune:
+        from synthmix.orchestrator.tuning import frozen_winner
+
+        study = frozen_winner(study, store)  # the study itself while its search is unfinished
     if store.splits_file.exists():
         with store.local_copy(store.splits_file) as local:
             splits = SplitPlan.load(local)  # re-checks every rule; overlap is an error
@@ -169,10 +175,14 @@ def concurrency(study: Study, cluster: dict[str, float]) -> int:
 def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None = None,
               name: str | None = None, address: str | None = None, quiet: bool = False) -> StudyStore:
     """Run (or continue) a study; returns its store. Raises if any cell failed."""
-    import ray
     from ray import tune
 
     study, store, plan = prepare_study(study_ref, storage=storage, name=name)
+    if study.tune and not study.tuned:  # the tuning stage first; its winner is frozen into the grid
+        from synthmix.orchestrator.tuning import run_tuning
+
+        run_tuning(study, store, plan, address=address, quiet=quiet)
+        study, store, plan = prepare_study(study_ref, storage=storage, name=name)
     configs = trial_configs(study, store, plan)
     say = (lambda *a: None) if quiet else print
     say(f"study {study.name}: {len(plan.cells)} cells, {len(plan.generator_jobs)} generator(s); "
@@ -180,21 +190,9 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
     if configs:
         from synthmix.orchestrator.capacity import CellQueue, ClusterLimit
 
-        # Tune's newer console output prints its own banner even at verbose=0; ours replaces it.
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # Ray Train's controller drains each worker's report queue every health check (2 s by
-        # default) and a worker's report() blocks until then: small cells lost seconds to it.
-        os.environ.setdefault(TRAIN_POLL_ENV, "0.5")
-        # A failed cell's traceback goes to errors/CELL.json and its first line to our summary;
-        # Tune's own log would print every traceback again mid-progress.
-        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-        joined = bool(address or os.environ.get("RAY_ADDRESS"))
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=True, logging_level="ERROR", runtime_env=_runtime_env(joined),
-                     _system_config=None if joined else _embedded_config(study))
-        try:
+        with ray_session(study, address) as joined:
+            import ray
+
             if any(c["spec"]["generator"] for c in configs):
                 from synthmix.orchestrator.generators import start_coordinator
 
@@ -215,11 +213,6 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
                     failure_config=tune.FailureConfig(max_failures=0)),
             )
             tuner.fit()
-        finally:
-            if joined and ray.is_initialized():
-                ClusterLimit(study.resources).demand(0)  # let the autoscaler release this run's request
-            if started_here:
-                ray.shutdown()
     failed = {k: v for k, v in store.errors().items() if k not in store.finished_cells()}
     missing = [c.cell_id for c in plan.cells if c.cell_id not in store.finished_cells()]
     if missing:
@@ -243,6 +236,38 @@ def _embedded_config(study: Study) -> dict:
     cpus = os.cpu_count() or 1
     cells = max(1, int(cpus // max(r.workers * r.cpus_per_worker, 1e-9)))
     return {"worker_maximum_startup_concurrency": max(cpus, cells * (PROCESSES_PER_CELL + r.workers))}
+
+
+@contextlib.contextmanager
+def ray_session(study: Study, address: str | None) -> Iterator[bool]:
+    """Ray as synthmix's runs expect it: an embedded local Ray, or the cluster at ``address``
+    (or ``$RAY_ADDRESS``); yields whether a cluster was joined. A Ray started here is shut
+    down afterwards; a joined cluster's autoscaler request is cleared."""
+    import ray
+
+    from synthmix.orchestrator.capacity import ClusterLimit
+
+    # Tune's newer console output prints its own banner even at verbose=0; ours replaces it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray Train's controller drains each worker's report queue every health check (2 s by
+    # default) and a worker's report() blocks until then: small cells lost seconds to it.
+    os.environ.setdefault(TRAIN_POLL_ENV, "0.5")
+    # A failed cell's traceback goes to errors/CELL.json and its first line to our summary;
+    # Tune's own log would print every traceback again mid-progress.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    joined = bool(address or os.environ.get("RAY_ADDRESS"))
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="ERROR", runtime_env=_runtime_env(joined),
+                 _system_config=None if joined else _embedded_config(study))
+    try:
+        yield joined
+    finally:
+        if joined and ray.is_initialized():
+            ClusterLimit(study.resources).demand(0)  # let the autoscaler release this run's request
+        if started_here:
+            ray.shutdown()
 
 
 def _runtime_env(joined: bool) -> dict | None:

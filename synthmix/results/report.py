@@ -43,7 +43,7 @@ def write_report(source: str, out: str | Path, *, storage: str | None = None, me
                 _summary(results), "<h2>Results</h2>", f"<pre>{html.escape(render(analysis, 'table'))}</pre>",
                 _comparisons(analysis), _plots(analysis),
                 _subjects(source, storage, metric=metric, correction=correction, alpha=alpha, baseline=baseline),
-                _generators(fs, folder), _failures(results)]
+                _tuning(fs, folder), _generators(fs, folder), _failures(results)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthmix report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
     out = Path(out)
@@ -116,6 +116,21 @@ def _plots(analysis, kinds: tuple[str, ...] = ("line", "box")) -> str:
             except Exception as err:  # a plot that does not apply (e.g. no numeric x) is skipped
                 images.append(f"<p>({kind} plot not drawn: {html.escape(str(err))})</p>")
     return ("<h2>Plots</h2>" if len(kinds) > 1 else "") + "".join(images)
+
+
+def _tuning(fs: pafs.FileSystem, folder: str) -> str:
+    """The tuning stage: its trials best first, the frozen winner, Optuna's charts."""
+    from synthmix.results.tuning import has_tuning, load_tuning, render_trials, tuning_figures
+
+    if not has_tuning(fs, folder):
+        return ""
+    results = load_tuning(fs, folder)
+    charts = tuning_figures(results) if results.best else {}
+    images = "".join(f"<h3>{html.escape(title.capitalize())}</h3>" +
+                     (_img(chart) if isinstance(chart, bytes) else f"<p>({html.escape(chart)})</p>")
+                     for title, chart in charts.items())
+    return (f"<h2>Tuning stage (validation subjects only)</h2><pre>{html.escape(render_trials(results))}</pre>"
+            f"{images}")
 
 
 def _generators(fs: pafs.FileSystem, folder: str) -> str:

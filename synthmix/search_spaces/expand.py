@@ -155,6 +155,7 @@ class Plan:
             "pool_jobs": [asdict(j) for j in self.pool_jobs.values()],
             "estimate": self.estimate,
             "data": self.data.to_dict() if self.data is not None else None,
+            **({"tune": _tune_block(self.study)} if self.study.tune else {}),
         }
 
     def to_json(self) -> str:
@@ -190,7 +191,30 @@ class Plan:
                 shared = e.get("trainings_per_gpu")
                 lines.append(f"GPU time held: {_hours(e['gpu_seconds'])} (the model's seconds x {r['gpus']:g} GPU "
                              "per training" + (f"; {shared:g} trainings share each GPU)" if shared else ")"))
+        if s.tune:
+            from synthmix.search_spaces.tune_section import render_block
+
+            lines += render_block(s, _tune_block(s)["estimate_cpu_seconds"])
         return "\n".join(line for line in lines if line)
+
+
+def _tune_block(study: Study) -> dict:
+    """plan.json's ``tune`` block, with the search's modelled compute: one training per trial
+    (none when a generator figure scores it), and one generator training per trial when the
+    search changes the generator, else one in all."""
+    from synthmix.search_spaces.tune_section import plan_block
+
+    t, pixels = study.tune, _image_pixels(study)
+    seg_steps, seg_batch = _budget(study.segmenter, "segmenter")
+    per_trial = RAY_START_SECONDS + (0.0 if t.scores_generator else
+                                     seg_steps * _step_seconds("segmenter", seg_batch, pixels))
+    gen = 0.0
+    if study.uses_synthetic(t.on["synthetic"]):
+        config = study.generator.configs[t.on.get("generator") or next(iter(study.generator.configs))]
+        steps, batch = _budget(config, "generator")
+        one = RAY_START_SECONDS + steps * (1 + _critic_updates(config)) * _step_seconds("generator", batch, pixels)
+        gen = one * (t.trials if any(p.startswith("generator.") for p in t.space) else 1)
+    return {**plan_block(study), "estimate_cpu_seconds": round(t.trials * per_trial + gen, 1)}
 
 
 def _hours(seconds: float) -> str:

@@ -36,6 +36,8 @@ A fully commented example (every section; defaults noted)::
       batch_size: 8                # the global batch, split over resources.workers
       network: {levels: 3}         # options of the one architecture, or per architecture:
       # networks: {unet: {levels: 3}, uresnet: {levels: 3, num_res_units: 2}}
+      # augmentation_params: {intensity_shift_std: 0.02}   # over every augmentation level's defaults
+      # augmentations: {standard: {translate_std_px: 5}}   # per level, over augmentation_params
     generator:                     # required when some synthetic level uses synthetic data
       name: dcgan_wgangp           # a GENERATORS name
       config: {steps: 40}          # that family's own options (not seed: derived)
@@ -67,9 +69,15 @@ A fully commented example (every section; defaults noted)::
       gpus_per_worker: 0
       max_concurrent_trials: null  # null: derived from the cluster
       max_failures: 1              # retries of a failed trial
+    tune:                          # optional: an Optuna search before the grid, scored on one
+      on: {fold: 0, repeat: 0}     # resample's validation subjects; the winner is frozen into
+      trials: 20                   # the grid (see synthmix.search_spaces.tune_section)
+      metric: val_dice_mean
+      sampler: {name: tpe, seed: 0}
+      space: {segmenter.lr: {float: [1.0e-4, 1.0e-2], log: true}}
 
 ``fingerprint()`` hashes what can change a cell's result (seed, dataset, split, the real-amount
-levels, segmenter, generator, mixing, and ``resources.workers``) and leaves out name,
+levels, segmenter, generator, mixing, ``resources.workers``, and the ``tune:`` section with its frozen winner) and leaves out name,
 description, statistics, the other resources, exclude and the other factors' level lists, so
 adding an architecture to a finished study keeps the ids (and results) of its finished cells.
 Batches are global and drawn alike on any number of workers, but the number of workers still
@@ -94,7 +102,7 @@ from synthmix.datasets.mixing import DRAWS, MIXING_POLICIES, SOURCES
 from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
-            "generator", "mixing", "statistics", "resources")
+            "generator", "mixing", "statistics", "resources", "tune")
 GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks")
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator")
@@ -195,6 +203,8 @@ class Study:
     source: str = field(default="study")
     batch_size: int | None = None  # the segmenter's, when known
     plugins: tuple = ()
+    tune: Any = None   # tune_section.TuneSection: a search before the grid
+    tuned: dict | None = None  # the search's winner frozen into this study: {parameters, trial, value}
 
     @property
     def real_factor(self) -> str:
@@ -227,6 +237,9 @@ class Study:
             del kept["mixing"]["draw"]
         if self.resources.workers != 1:
             kept["workers"] = self.resources.workers
+        if self.tune is not None:  # only then, so that studies without one keep their ids
+            kept["tune"] = d["tune"]
+            kept["tuned"] = self.tuned["parameters"] if self.tuned else None
         return content_hash(kept)
 
 
@@ -507,13 +520,15 @@ def _segmenter(raw: Any, factors: dict, problems: _Problems) -> tuple[dict, int 
         problems.add("segmenter.seed", "set the study's seed instead; each cell derives its own")
         s.pop("seed")
     _mapping(s.get("networks"), "segmenter.networks", problems, factors.get("architecture"))  # validates its keys
+    _mapping(s.get("augmentations"), "segmenter.augmentations", problems, factors.get("augmentation"))
     if "networks" in s and "network" in s:
         problems.add("segmenter.networks", "give network (one architecture) or networks (per architecture)")
     batch_size = s.get("batch_size")
     # Every architecture x augmentation combination must build; the first failure is reported.
     combos = [(a, g) for a in factors.get("architecture", ()) for g in factors.get("augmentation", ())]
     for arch, aug in combos or [(None, None)]:
-        cfg = segmenter_config(s, arch, aug) if arch else {k: v for k, v in s.items() if k != "networks"}
+        cfg = segmenter_config(s, arch, aug) if arch else \
+            {k: v for k, v in s.items() if k not in ("networks", "augmentations")}
         before = len(problems)
         built = _build("segmenter", cfg, "segmenter", problems)
         if len(problems) > before:
@@ -524,11 +539,16 @@ def _segmenter(raw: Any, factors: dict, problems: _Problems) -> tuple[dict, int 
 
 def segmenter_config(segmenter: dict, architecture: str, augmentation: str) -> dict:
     """The build_segmentation_config dict of one cell: the segmenter section with the cell's
-    architecture, augmentation and (from ``networks``) that architecture's network options."""
-    cfg = {k: v for k, v in segmenter.items() if k != "networks"}
+    architecture, augmentation, (from ``networks``) that architecture's network options and
+    (from ``augmentations``) that augmentation's parameters over ``augmentation_params``: so a
+    level such as ``none`` stays what its name says while another is tuned."""
+    cfg = {k: v for k, v in segmenter.items() if k not in ("networks", "augmentations")}
     networks = segmenter.get("networks") or {}
     if architecture in networks:
         cfg["network"] = dict(networks[architecture] or {})
+    per_level = (segmenter.get("augmentations") or {}).get(augmentation)
+    if per_level:
+        cfg["augmentation_params"] = {**(cfg.get("augmentation_params") or {}), **per_level}
     return {**cfg, "architecture": architecture, "augmentation": augmentation}
 
 
@@ -711,13 +731,14 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     statistics = _statistics(top.get("statistics"), factors, mixing, problems)
     resources = _resources(top.get("resources"), problems)
     _cross_checks(factors, mixing, batch_size, generator, resources, problems, segmenter=segmenter)
+    tune = _tune(top, factors, exclude, split, mixing, dataset, source, base_dir, problems)
     problems = [p.lstrip(".") if p.startswith(".") else p for p in problems]
     if problems:
         raise StudyError(problems, source)
     return Study(name=name, seed=seed, description=description.strip(), dataset=dataset, split=split,
                  factors=factors, exclude=exclude, segmenter=segmenter, generator=generator, mixing=mixing,
                  statistics=statistics, resources=resources, source=source, batch_size=batch_size,
-                 plugins=plugins)
+                 plugins=plugins, tune=tune)
 
 
 def _plugins(raw: Any, problems: _Problems) -> tuple:
@@ -740,6 +761,22 @@ def import_plugins(modules) -> None:
     """Import each plugin module (each registers its entries once, on first import)."""
     for module in modules:
         importlib.import_module(module)
+
+
+def _tune(top: dict, factors: dict, exclude: tuple, split: SplitSection, mixing: MixingSection,
+          dataset: DatasetSpec, source: str, base_dir: Any, problems: _Problems) -> Any:
+    """The optional ``tune:`` section (``tune_section.validate_tune``); its paths are checked
+    against the rest of the study only when that is valid, so each problem is reported once."""
+    if "tune" not in top:
+        return None
+    from synthmix.search_spaces.tune_section import validate_tune
+
+    pre = dataset.preprocess
+    classes = pre.get("num_classes") or (max(int(v) for v in pre["remap"].values()) + 1 if pre.get("remap") else None) \
+        or (dataset.phantom.classes if dataset.phantom else None)
+    return validate_tune(top["tune"], {k: v for k, v in top.items() if k != "tune"}, factors=factors,
+                         exclude=exclude, split=split, mixing=mixing, classes=classes, source=source,
+                         base_dir=base_dir, problems=problems, revalidate=not problems)
 
 
 def _safe_uses(mixing: MixingSection, level: Any) -> bool:
