@@ -14,7 +14,7 @@ between-stage filter removed (calibration draw and the sampler's own draws), the
 and stage 2's FCN score on the synthetic pairs and on real validation masks; writes
 ``grid.png`` (mask | real | stage-2 image for validation masks) beside the artifact's
 samples.png (stage-1 label + stage-2 image). Until the ``zscore_norm`` filter lands in
-``SYNTHETIC_FILTERS`` the run uses ``spade_two_stage.zscore_standin`` (004's z-score norm).
+``SYNTHETIC_FILTERS`` the run uses ``zscore_standin`` below (004's z-score norm).
 
 Prints, asserts nothing; wall and CPU time of the training flow (quality figures included).
 
@@ -46,6 +46,7 @@ from synthmix.trainers import quality
 from synthmix.trainers.context import LocalContext
 from synthmix.trainers.generators import GeneratorData
 from synthmix.trainers.generators.artifact import GeneratorArtifact
+from synthmix.trainers.generators.conditional import translate
 from synthmix.trainers.generators.flow import GeneratorSpec, train_generator
 from synthmix.trainers.synthetic import Samples
 
@@ -118,7 +119,7 @@ def main() -> None:
         if args.family == "spade_two_stage":
             from synthmix.trainers.generators import spade_two_stage
 
-            spade_two_stage.use_standin_filter_until_the_registry_lands()
+            spade_two_stage.STANDIN_FILTERS.setdefault("zscore_norm", zscore_standin)
         spec = GeneratorSpec(key="acceptance", name=args.family, config=config, seed=0)
         context = LocalContext(checkpoint_root=root / "ckpt")
         wall, cpu = time.perf_counter(), time.process_time()
@@ -126,12 +127,64 @@ def main() -> None:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         for h in context.history:
             print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items()))
-        report(args.family, artifact, train, val, root)
+        report(args.family, artifact, train, val, root, context.history[-1])
         print(f"RESULT time: wall {wall:.0f} s, CPU {cpu:.0f} s on {torch.get_num_threads()} thread(s) "
               f"(training + quality figures)")
 
 
-def report(family: str, artifact: GeneratorArtifact, train, val, root: Path) -> None:
+def zscore_standin(labels: np.ndarray, real: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """004 section 3.4 as a stand-in: minus the Euclidean norm of each label map's pixel-wise
+    z-scores against the real maps (label values, per-pixel mean and SD over the real set; the
+    variance gets 1/N added so that pixels constant in the real set stay finite)."""
+    real = real.astype(np.float64)
+    mean, sd = real.mean(axis=0), np.sqrt(real.var(axis=0) + 1.0 / len(real))
+    z = (labels.astype(np.float64) - mean) / sd
+    return -np.sqrt((z ** 2).reshape(len(labels), -1).sum(axis=1))
+
+
+def report_spade(artifact: GeneratorArtifact, train, val, reference, root: Path, last: dict) -> None:
+    from synthmix.trainers.generators import spade_two_stage as st
+
+    k, n = train.num_classes, 256
+    sampler = artifact.sampler().sampler  # the family's own sampler (the data here needs no padding)
+    untrained = artifact.sampler(trained=False).sampler
+    maps = train.labels[train.labels.reshape(len(train), -1).max(axis=1) > 0]
+    rng = np.random.default_rng(0)
+    real = maps[rng.choice(len(maps), n, replace=False)]
+    held = val.labels[val.labels.reshape(len(val), -1).max(axis=1) > 0]
+
+    def swd(fake: np.ndarray) -> float:
+        blank = lambda x: np.zeros((len(x), 0, *x.shape[1:]), np.float32)  # noqa: E731
+        return quality.sliced_wasserstein_distance(quality.joint_pictures(blank(real), real, k),
+                                                   quality.joint_pictures(blank(fake), fake, k), seed=0)
+
+    def stage1(net) -> np.ndarray:
+        return st.draw_labels(net, n, sampler.latent_dim, k, torch.Generator().manual_seed(7), "cpu")[0]
+
+    drawn = sampler.sample(512, seed=9)
+    counts = sampler.last_counts
+    print(f"RESULT spade_two_stage stage 1 SWD x1e3 against {n} real non-empty training label maps: chosen snapshot "
+          f"(step {last.get('labels_best_step')}) {swd(stage1(sampler.labels)):.1f} raw, "
+          f"{swd(drawn.labels[:n]):.1f} after clean-up + filter; untrained {swd(stage1(untrained.labels)):.1f}; "
+          f"real validation maps {swd(held[rng.choice(len(held), min(n, len(held)), replace=False)]):.1f} (floor)")
+    print(f"RESULT between stages: threshold {last.get('threshold'):.1f} on the filter score; calibration "
+          f"({last.get('calibration_drawn')} maps): empty removed {last.get('calibration_empty_removed')}, filter "
+          f"removed {100 * last.get('calibration_filter_removed', 0):.1f}% of synthetic and would remove "
+          f"{100 * last.get('calibration_real_removed', 0):.1f}% of the real maps; a 512-sample draw: {counts} "
+          f"({100 * counts['filter_removed'] / counts['drawn']:.1f}% cut by the filter)")
+    stage2 = Samples(translate(sampler.images.eval(), val.labels, sampler.encoding, seed=0), val.labels, {})
+    print(f"RESULT stage 2 FCN score: synthetic pairs (stage-1 label, stage-2 image) "
+          f"{quality.fcn_score(reference, drawn)['dice_mean']:.3f} (flow's quality.json "
+          f"{artifact.quality.get('fcn_score', float('nan')):.3f}); stage 2 on real validation masks "
+          f"{quality.fcn_score(reference, stage2)['dice_mean']:.3f}; real validation slices "
+          f"{_fcn(reference, None, val.labels, val.images):.3f}")
+    order = np.argsort(-((val.labels >= 1) & (val.labels <= 3)).reshape(len(val), -1).sum(1))
+    pick = np.concatenate([order[:4], rng.choice(order[4:len(held)], 4, replace=False)])
+    save_triptych(val.labels[pick], val.images[pick], stage2.images[pick], root / "grid.png", num_classes=k,
+                  title="SPADE stage 2: validation masks")
+
+
+def report(family: str, artifact: GeneratorArtifact, train, val, root: Path, last: dict) -> None:
     q = artifact.quality
     print(json.dumps({k: v for k, v in q.items() if not k.endswith("definition")}, indent=1, default=float))
     reference = quality.train_reference_segmenter(train, seed=0, steps=200)
@@ -148,9 +201,7 @@ def report(family: str, artifact: GeneratorArtifact, train, val, root: Path) -> 
         save_triptych(train.labels[pick], train.images[pick], fake, root / "grid.png", num_classes=train.num_classes,
                       title="pix2pix: training masks")
     else:
-        from synthmix.trainers.generators import spade_two_stage
-
-        spade_two_stage.print_report(artifact, train, val, reference, root, save_triptych)
+        report_spade(artifact, train, val, reference, root, last)
     print(f"grids: {root / 'grid.png'}  {artifact.path / 'samples.png'}  {artifact.path / 'real.png'}")
 
 

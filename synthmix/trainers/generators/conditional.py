@@ -8,7 +8,8 @@
   down to a few pixels;
 - ``translate``: label maps -> images through a label-to-image network, in batches, with the
   network's noise (dropout) drawn from a seeded stream, so a seed gives the same images;
-- ``MaskSampler``: the family contract's sampler for a mask-conditional generator.
+- ``MaskSampler``: the family contract's sampler for a mask-conditional generator;
+- ``update``: one optimiser step on a loss.
 
 Written here rather than taken from a library: these are the few lines both families would
 otherwise each hold.
@@ -54,10 +55,10 @@ def check_options(options: Any, *, positive_ints: tuple[str, ...] = (), positive
         if not _is_int(value) or value < 1:
             problems.append(f"{name}: must be a positive integer, got {value!r}")
     for name, rule, ok in [(n, "positive", lambda v: v > 0) for n in positive] + \
-                          [(n, ">= 0", lambda v: v >= 0) for n in non_negative]:
+                          [(n, "non-negative", lambda v: v >= 0) for n in non_negative]:
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-            problems.append(f"{name}: must be a number {rule}, got {value!r}")
+            problems.append(f"{name}: must be a {rule} number, got {value!r}")
     for name in betas:
         value = getattr(options, name)
         if not isinstance(value, tuple) or len(value) != 2 or not all(
@@ -125,3 +126,10 @@ class MaskSampler(nn.Module):
         dropout_on(self.network)
         images = translate(self.network, masks, self.encoding, seed=seed, device=device)
         return Samples(images, masks.astype(np.int64), {})
+
+
+def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Zero the gradients, back-propagate ``loss``, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()

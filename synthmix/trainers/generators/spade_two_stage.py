@@ -28,43 +28,32 @@ checkpoint that holds the chosen snapshot and the threshold, so a run killed in 
 stage 2. ``generator.select`` (if not ``last``) scores the whole two-stage sampler; stage 1's own
 snapshot is chosen by SWD as above.
 
-What comes from where:
-
-- stage-2 discriminator: two MONAI ``PatchDiscriminator``s set up as SPADE's (64 filters, four
-  4x4 convolutions, instance norm, spectral norm on the inner ones), the second on the 2x
-  average-pooled pair. MONAI's ``MultiScalePatchDiscriminator`` deepens each further
-  discriminator instead of downsampling its input, and its depth doubling does not fit 64 px.
-- stage-2 generator, written here after Park et al.: MONAI's ``SPADE`` block instance-normalises
-  its gamma and beta maps, and ``SPADENet``'s last residual block narrows to the output
-  channels before a LeakyReLU (not tanh) output; SPADE's own block has plain 3x3 gamma/beta
-  convolutions and its generator ends in LeakyReLU, 3x3 conv, tanh.
-- hinge loss, written here (3 lines): MONAI's ``PatchAdversarialLoss("hinge")`` applies a tanh
-  to the scores first, which is not SPADE's hinge.
-- filters and clean-ups: ``SYNTHETIC_FILTERS`` / ``LABEL_CLEANUPS`` of the synthetic-data
-  pipeline, by name; until a name is in the registry, ``STANDIN_FILTERS`` may supply it (tests).
+What comes from where: the stage-2 networks and loss are in ``spade_networks`` (MONAI's
+PatchDiscriminator, a SPADE generator and hinge written after Park et al.: see there); stage 1
+reuses ``dcgan``'s networks and ``wgan.gradient_penalty``; filters and clean-ups are the
+synthetic-data pipeline's ``SYNTHETIC_FILTERS`` / ``LABEL_CLEANUPS``, by name (until a filter's
+name is in the registry, ``STANDIN_FILTERS`` may supply it: tests, benchmarks).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
-from monai.networks.nets import PatchDiscriminator
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.parametrizations import spectral_norm
 
 from synthmix.datasets.arrays import SliceSet
 from synthmix.errors import DataError, StudyError
 from synthmix.trainers.generators import GeneratorData, GeneratorFamily, dcgan
-from synthmix.trainers.generators.conditional import build_options, check_options, translate
+from synthmix.trainers.generators.conditional import build_options, check_options, translate, update
 from synthmix.trainers.generators.encoding import JointEncoding, decode_labels, encode_labels, label_channels
 from synthmix.trainers.generators.session import GeneratorSession
+from synthmix.trainers.generators.spade_networks import SpadeGenerator, TwoScaleDiscriminator, hinge_discriminator
 from synthmix.trainers.generators.wgan import gradient_penalty
 from synthmix.trainers.synthetic import Samples
 
@@ -141,104 +130,6 @@ def choose_threshold(real: np.ndarray, synthetic: np.ndarray, max_real_drop: flo
     gain = np.where(allowed, synthetic_removed - real_removed, -np.inf)
     best = int(np.argmax(gain))
     return float(cuts[best]), float(real_removed[best]), float(synthetic_removed[best])
-
-
-# ---- stage 2: SPADE -----------------------------------------------------------------------------
-
-class SpadeNorm(nn.Module):
-    """Park et al.'s SPADE: parameter-free batch norm, then a per-pixel scale and shift from the
-    label map (3x3 conv + ReLU shared, one 3x3 conv each for gamma and beta)."""
-
-    def __init__(self, channels: int, label_nc: int, hidden: int):
-        super().__init__()
-        self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
-        self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
-        self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        a = self.shared(F.interpolate(seg, size=x.shape[2:], mode="nearest"))
-        return self.norm(x) * (1 + self.gamma(a)) + self.beta(a)
-
-
-class SpadeResBlock(nn.Module):
-    """SPADE's residual block: two (SPADE, LeakyReLU 0.2, spectral-norm 3x3 conv) with a learned
-    (SPADE, 1x1 conv) shortcut when the width changes."""
-
-    def __init__(self, cin: int, cout: int, label_nc: int, hidden: int):
-        super().__init__()
-        mid = min(cin, cout)
-        self.norm_0, self.conv_0 = SpadeNorm(cin, label_nc, hidden), spectral_norm(nn.Conv2d(cin, mid, 3, padding=1))
-        self.norm_1, self.conv_1 = SpadeNorm(mid, label_nc, hidden), spectral_norm(nn.Conv2d(mid, cout, 3, padding=1))
-        self.shortcut = None
-        if cin != cout:
-            self.norm_s = SpadeNorm(cin, label_nc, hidden)
-            self.shortcut = spectral_norm(nn.Conv2d(cin, cout, 1, bias=False))
-
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        skip = x if self.shortcut is None else self.shortcut(self.norm_s(x, seg))
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        return skip + self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
-
-
-class SpadeGenerator(nn.Module):
-    """Label channels (N, L, S, S) -> image (N, C, S, S) in [-1, 1]: a 3x3 conv of the label map
-    resized to the start resolution (S/32, at least 4), one residual block per resolution with
-    nearest-neighbour upsampling between them, LeakyReLU, 3x3 conv, tanh. Filters
-    ``base_filters * min(16, S / resolution)``, as SPADE's 256-px generator."""
-
-    def __init__(self, *, label_nc: int, out_channels: int, size: int, base_filters: int, hidden: int):
-        super().__init__()
-        start = max(4, size // 32)
-        self.start = start
-        widths = {r: base_filters * min(16, size // r) for r in (start * 2 ** i for i in range(int(math.log2(size // start)) + 1))}
-        resolutions = sorted(widths)
-        self.head = nn.Conv2d(label_nc, widths[start], 3, padding=1)
-        self.blocks = nn.ModuleList(SpadeResBlock(widths[resolutions[max(0, i - 1)]], widths[r], label_nc, hidden)
-                                    for i, r in enumerate(resolutions))
-        self.out = nn.Conv2d(widths[size], out_channels, 3, padding=1)
-
-    def forward(self, seg: torch.Tensor) -> torch.Tensor:
-        x = self.head(F.interpolate(seg, size=(self.start, self.start), mode="nearest"))
-        for i, block in enumerate(self.blocks):
-            if i:
-                x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = block(x, seg)
-        return torch.tanh(self.out(F.leaky_relu(x, 0.2)))
-
-
-class TwoScaleDiscriminator(nn.Module):
-    """SPADE's multi-scale discriminator with two scales: the (label, image) pair, and the pair
-    average-pooled 2x; each scale a MONAI PatchDiscriminator. Returns per scale the list of its
-    layers' outputs, the last being the patch scores (what feature matching and hinge use)."""
-
-    def __init__(self, *, in_channels: int, base_filters: int):
-        super().__init__()
-        self.scales = nn.ModuleList(_spade_patch_discriminator(in_channels, base_filters) for _ in range(2))
-
-    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        outputs = []
-        for i, discriminator in enumerate(self.scales):
-            if i:
-                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
-            outputs.append(discriminator(x))
-        return outputs
-
-
-def _spade_patch_discriminator(in_channels: int, base_filters: int) -> PatchDiscriminator:
-    """SPADE's NLayerDiscriminator (n_layers_D 4): 4x4 convs, padding 2, instance norm, spectral
-    norm on the inner convolutions."""
-    d = PatchDiscriminator(spatial_dims=2, channels=base_filters, in_channels=in_channels, out_channels=1,
-                           num_layers_d=3, kernel_size=4, norm="INSTANCE", bias=True, padding=2,
-                           last_conv_kernel_size=4)
-    for name, layer in d.named_children():
-        if name not in ("initial_conv", "final_conv"):
-            spectral_norm(layer.conv)
-    return d
-
-
-def hinge_discriminator(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
 
 # ---- options -------------------------------------------------------------------------------------
@@ -322,11 +213,11 @@ fit_shape = dcgan.fit_shape  # stage 1 is the DCGAN; SPADE takes the same power-
 
 
 def cost(config: SpadeTwoStageConfig, shape: tuple[int, int]) -> float:
-    """Seconds on one CPU core: stage 1 as ``dcgan_wgangp`` plus stage 2 at ~35 s per million
-    batch x pixel samples with 16 filters (measured at 64x64), growing with the square of the
-    filters."""
+    """Seconds on one CPU core: stage 1 as ``dcgan_wgangp`` plus stage 2 at ~24 s per million
+    batch x pixel samples with 16 filters (measured: 0.79 s CPU per step of 8 at 64x64), growing
+    with the square of the filters."""
     images = config.image_stage
-    stage2 = images.steps * images.batch_size * shape[0] * shape[1] / 1e6 * 35.0 * (images.base_filters / 16) ** 2
+    stage2 = images.steps * images.batch_size * shape[0] * shape[1] / 1e6 * 24.0 * (images.base_filters / 16) ** 2
     return dcgan.cost(config.label_stage, shape) + stage2
 
 
@@ -350,7 +241,7 @@ def _split(weights: dict, prefix: str) -> dict:
 
 
 @torch.no_grad()
-def _draw_labels(network: nn.Module, n: int, latent_dim: int, num_classes: int, noise: torch.Generator,
+def draw_labels(network: nn.Module, n: int, latent_dim: int, num_classes: int, noise: torch.Generator,
                  device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n label maps of a stage-1 network in eval mode: (labels, raw channels, latent norms)."""
     was_training = network.training
@@ -404,7 +295,7 @@ class TwoStageSampler(nn.Module):
         kept, drawn, empty, cut = [], 0, 0, 0
         while sum(len(p[0]) for p in kept) < n and drawn < self.MAX_DRAWS_PER_SAMPLE * n:
             m = max(64, n - sum(len(p[0]) for p in kept))
-            labels, channels, norms = _draw_labels(self.labels.to(device), m, self.latent_dim, k, noise, device)
+            labels, channels, norms = draw_labels(self.labels.to(device), m, self.latent_dim, k, noise, device)
             drawn += m
             labels, extras, dropped = _clean(labels, channels, {"latent_norm": norms}, self.cleanups, reference)
             empty += dropped
@@ -479,13 +370,9 @@ class _Training:
             s_real, s_fake, penalty = gradient_penalty(c, real, fake, alpha)
             wasserstein = s_real.mean() - s_fake.mean()
             critic_loss = -wasserstein + self.lab.gp_lambda * penalty
-            self.opts["critic"].zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.opts["critic"].step()
+            update(self.opts["critic"], critic_loss)
         generator_loss = -c(g(s.randn(batch, latent))).mean()
-        self.opts["labels"].zero_grad(set_to_none=True)
-        generator_loss.backward()
-        self.opts["labels"].step()
+        update(self.opts["labels"], generator_loss)
         return {"critic_loss": critic_loss.item(), "label_generator_loss": generator_loss.item(),
                 "wasserstein": wasserstein.item()}
 
@@ -494,7 +381,7 @@ class _Training:
         from synthmix.trainers import quality
 
         n, k, seed = self.config.select_samples, self.encoding.num_classes, self.session.seed
-        fake, _, _ = _draw_labels(network, n, self.lab.latent_dim, k, torch.Generator().manual_seed(seed + 11),
+        fake, _, _ = draw_labels(network, n, self.lab.latent_dim, k, torch.Generator().manual_seed(seed + 11),
                                   self.session.device)
         real = self.maps[np.random.default_rng(seed + 11).choice(len(self.maps), size=min(n, len(self.maps)),
                                                                  replace=False)]
@@ -515,7 +402,7 @@ class _Training:
         """Rank 0, once: calibrate the filter's cut on the chosen stage-1 snapshot."""
         config, state, k = self.config, self.session.state, self.encoding.num_classes
         score, cleanups = resolve_filter(config.filter), resolve_cleanups(tuple(config.cleanup))
-        labels, channels, norms = _draw_labels(self.best, config.calibration_samples, self.lab.latent_dim, k,
+        labels, channels, norms = draw_labels(self.best, config.calibration_samples, self.lab.latent_dim, k,
                                                torch.Generator().manual_seed(self.session.seed + 13), self.session.device)
         labels, _, empty = _clean(labels, channels, {"latent_norm": norms}, cleanups, _label_slices(self.reference, k))
         state.update(calibration_drawn=config.calibration_samples, calibration_empty_removed=empty)
@@ -537,17 +424,13 @@ class _Training:
         real_pair, fake_pair = torch.cat([seg, image], 1), torch.cat([seg, fake], 1)
         scales = d(torch.cat([real_pair, fake_pair.detach()]))
         d_loss = sum(hinge_discriminator(*out[-1].split(len(seg))) for out in scales) / len(scales)
-        self.opts["discriminator"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opts["discriminator"].step()
+        update(self.opts["discriminator"], d_loss)
         scales = d(torch.cat([real_pair, fake_pair]))
         g_adv = sum(-out[-1].split(len(seg))[1].mean() for out in scales) / len(scales)
         fm = sum(F.l1_loss(f.split(len(seg))[1], f.split(len(seg))[0].detach())
                  for out in scales for f in out[:-1]) / len(scales)
         g_loss = g_adv + self.img.fm_lambda * fm
-        self.opts["images"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opts["images"].step()
+        update(self.opts["images"], g_loss)
         return {"discriminator_loss": d_loss.item(), "image_generator_adversarial": g_adv.item(),
                 "feature_matching": fm.item()}
 
