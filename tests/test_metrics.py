@@ -162,3 +162,51 @@ def test_bad_input():
         segmentation_metrics(np.full((1, 2, 2), 3), np.zeros((1, 2, 2), int), num_classes=3, spacing=(1, 1, 1))
     with pytest.raises(ValueError, match="shape"):
         segmentation_metrics(np.zeros((1, 2, 2), int), np.zeros((1, 2, 3), int), num_classes=2, spacing=(1, 1, 1))
+
+
+# ---- 002's detection-thresholded precision and recall ---------------------------------------------
+
+def _box(shape, z, y, x, h, w):
+    m = np.zeros(shape, bool)
+    m[z, y:y + h, x:x + w] = True
+    return m
+
+
+def test_detection_counts_follow_002s_thresholds():
+    from synthmix.trainers.metrics import DetectionThresholds, detection_counts
+
+    shape = (2, 64, 64)
+    truth = _box(shape, 0, 0, 0, 20, 20) | _box(shape, 0, 40, 40, 20, 20) | _box(shape, 1, 0, 0, 20, 20)
+    pred = (_box(shape, 0, 5, 5, 20, 20)        # Dice 2*225/800 = 0.56 with truth 1: a true positive
+            | _box(shape, 0, 40, 40, 3, 20)     # Dice 2*60/460 = 0.26 >= 0.25 with truth 2: a true positive
+            | _box(shape, 0, 25, 40, 10, 10)    # 100 px touching no truth: noise under 200 px, ignored
+            | _box(shape, 1, 30, 30, 15, 15))   # 225 px touching no truth: a false positive
+    # Truth 3 (slice 1) is not found: one false negative; slice 0's boxes do not connect to slice 1's.
+    assert detection_counts(pred, truth, DetectionThresholds()) == {"tp": 2, "fp": 1, "fn": 1}
+    # A stricter Dice turns the thin overlap into a miss; a lower pixel floor counts the speck.
+    assert detection_counts(pred, truth, DetectionThresholds(min_dice=0.3)) == {"tp": 1, "fp": 1, "fn": 2}
+    assert detection_counts(pred, truth, DetectionThresholds(min_false_positive_px=50)) == {"tp": 2, "fp": 2, "fn": 1}
+
+
+def test_detection_metrics_are_keys_of_segmentation_metrics_with_empty_rules():
+    from synthmix.trainers.metrics import DetectionThresholds
+
+    shape = (1, 64, 64)
+    truth = _box(shape, 0, 0, 0, 20, 20).astype(np.int64)
+    pred = (_box(shape, 0, 2, 2, 20, 20) | _box(shape, 0, 40, 40, 15, 15)).astype(np.int64)
+    pred[0, 50:60, 0:10] = 2  # class 2 predicted (100 px, under 200) where there is none: nothing counted
+    m = segmentation_metrics(pred, truth, num_classes=3, spacing=(1.0, 1.0, 1.0), distances=False,
+                             detection=DetectionThresholds())
+    assert (m["det_tp_1"], m["det_fp_1"], m["det_fn_1"]) == (1, 1, 0)
+    assert m["det_precision_1"] == 0.5 and m["det_recall_1"] == 1.0
+    assert (m["det_tp_2"], m["det_fp_2"], m["det_fn_2"]) == (0, 0, 0)
+    assert m["det_precision_2"] == 1.0 and m["det_recall_2"] == 1.0  # nothing to find, nothing counted
+    assert m["det_precision_mean"] == 0.75
+    assert m["precision_2"] == 0.0  # the voxel-wise precision still sees the speck
+    missed = segmentation_metrics(np.zeros_like(truth), truth, num_classes=2, spacing=(1.0, 1.0, 1.0),
+                                  distances=False, detection=DetectionThresholds())
+    assert (missed["det_precision_1"], missed["det_recall_1"]) == (0.0, 0.0)
+    assert "det_tp_1" not in segmentation_metrics(pred, truth, num_classes=3, spacing=(1.0, 1.0, 1.0),
+                                                  distances=False)
+    with pytest.raises(ValueError, match="min_dice"):
+        DetectionThresholds(min_dice=1.5)

@@ -157,7 +157,7 @@ def test_unlabelled_subjects_have_no_label(phantom_unlabelled_dir: Path) -> None
     assert len(manifest.labelled_ids) == 6
 
 
-@pytest.mark.parametrize("bad", [dict(classes=6), dict(classes=1), dict(subjects=0), dict(size=8),
+@pytest.mark.parametrize("bad", [dict(classes=6), dict(classes=8), dict(classes=1), dict(subjects=0), dict(size=8),
                                  dict(unlabelled=-1)])
 def test_bad_arguments_are_refused(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(DataError, match="--" + next(iter(bad))):
@@ -178,3 +178,28 @@ def test_bias_field_makes_white_matter_vary_smoothly(five_class) -> None:
         coef, *_ = np.linalg.lstsq(design, y, rcond=None)
         r2.append(1 - (y - design @ coef).var() / y.var())
     assert np.median(r2) > 0.25
+
+
+def test_seven_classes_are_004s_tumour_structure_in_the_same_head(tmp_path: Path) -> None:
+    """classes=7: the 5-class subject's head with one tumour instead of its lesions, labelled in
+    004's order (1 necrotic core, 2 oedema, 3 enhancing rim, 4 WM, 5 GM, 6 CSF), each tumour
+    class with its own intensity; the other class counts are untouched (tested above)."""
+    from synthmix.datasets.phantom import PHANTOM_CLASSES
+
+    assert 7 in PHANTOM_CLASSES
+    base = read_manifest(write_phantom_dataset(tmp_path / "k5", subjects=2, size=48, classes=5, seed=2))
+    seven = read_manifest(write_phantom_dataset(tmp_path / "k7", subjects=2, size=48, classes=7, seed=2))
+    table = pd.read_csv(tmp_path / "k7" / "manifest.csv")
+    for s5, s7 in zip(base.subjects, seven.subjects):
+        full, label = _label(s5.label_path), _label(s7.label_path)
+        assert set(np.unique(label)) == set(range(7))
+        tumour = (label >= 1) & (label <= 3)
+        outside = ~tumour & (full != 4)  # neither the tumour nor the 5-class lesions
+        as_004 = np.array([0, 5, 4, 6, 4])[full]  # base GM 1 -> 5, WM 2 -> 4, CSF 3 -> 6
+        assert np.array_equal(label[outside], as_004[outside])
+        image = _image(s7.image_paths[0])
+        means = {c: image[label == c].mean() for c in (1, 2, 3, 4)}  # partial volume blurs the small core
+        assert means[1] < means[4] < means[2] < means[3], means
+    assert table.lesion_count.min() >= 1 and (table.lesion_load > 0).all()
+    assert write_phantom_dataset(tmp_path / "again", subjects=2, size=48, classes=7, seed=2).read_bytes() \
+        == (tmp_path / "k7" / "manifest.csv").read_bytes()

@@ -52,6 +52,10 @@ def test_valid_study_is_typed_and_defaults_are_filled():
     json.dumps(study.to_dict())  # JSON-able
 
 
+def test_phantom_classes_include_004s_seven():
+    assert validate_study(_with("dataset.phantom.classes", 7), "tiny.yaml").dataset.phantom.classes == 7
+
+
 @pytest.mark.parametrize("path, value, expected", [
     ("colour", "red", "colour: unknown key"),
     ("seed", "abc", "seed: must be an integer"),

@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--subjects", type=int, default=20, help="labelled subjects (default 20)")
     p.add_argument("--size", type=int, default=64, help="in-plane size in voxels (default 64)")
-    p.add_argument("--classes", type=int, default=4, help="label classes incl. background: 2..5 (default 4)")
+    p.add_argument("--classes", type=int, default=4,
+                   help="label classes incl. background: 2..5, or 7 (BraTS-like, 004: necrotic core, oedema, "
+                   "enhancing rim, white matter, grey matter, CSF) (default 4)")
     p.add_argument("--unlabelled", type=int, default=0, help="extra subjects without labels (GANsfer)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_phantom)

@@ -24,6 +24,14 @@ the label), 1 grey matter, 2 white matter, 3 CSF (ventricles and the CSF rim/fis
 4 lesions. ``classes`` merges them as in ``CLASS_MERGES``; lesions stay visible in the image
 whatever ``classes`` is.
 
+``classes=7`` is 004's BraTS class structure instead: the same head (same draws) with one
+tumour in place of the small white-matter lesions, drawn from a stream of its own
+(``[seed, subject_index, 7]``) so that every other class count stays byte-identical. The tumour
+is a necrotic core inside an enhancing rim inside irregular peritumoral oedema; labels follow
+004's order: 0 background, 1 necrotic core, 2 oedema, 3 enhancing rim, 4 white matter, 5 grey
+matter, 6 CSF (so 004's 4-class problem is ``{4: 0, 5: 0, 6: 0}``). Tumour tissues have their
+own intensities in the image (core dark, oedema brighter than white matter, rim brightest).
+
 Every random choice comes from ``np.random.default_rng([seed, subject_index])``: a subject does
 not change when more subjects are asked for, and the same arguments give byte-identical files
 (gzip is written with mtime 0 and no file name).
@@ -63,12 +71,19 @@ CLASS_NAMES: dict[int, tuple[str, ...]] = {
     4: ("background", "grey matter", "white matter (incl. lesions)", "CSF/ventricles"),
     3: ("background", "parenchyma", "CSF/ventricles"),
     2: ("background", "intracranial"),
+    7: ("background", "necrotic core", "oedema", "enhancing rim", "white matter", "grey matter", "CSF"),
 }
+TUMOUR_CLASSES = 7  # 004's class structure: not a merge of the base classes (see the module docstring)
+PHANTOM_CLASSES = (*sorted(CLASS_MERGES), TUMOUR_CLASSES)
 
 # Tissues drawn in the image; more than the label classes because scalp and skull are visible.
 AIR, SCALP, SKULL, CSF, GM, WM, VENTRICLE, LESION = range(8)
 TISSUE_TO_BASE_LABEL = np.array([0, 0, 0, 3, 1, 2, 3, 4], dtype=np.uint8)
 TISSUE_INTENSITY = np.array([0.0, 0.55, 0.95, 0.12, 0.45, 0.68, 0.10, 0.90])
+# Tumour tissues (classes=7 only), after the others so the draws above keep their order.
+NECROTIC, OEDEMA, ENHANCING = 8, 9, 10
+TUMOUR_INTENSITY = np.array([0.25, 0.84, 1.10])
+TISSUE_TO_TUMOUR_LABEL = np.array([0, 0, 0, 6, 5, 4, 6, 2, 1, 2, 3], dtype=np.uint8)
 
 HEAD_RADII_MM = np.array([66.0, 82.0, 64.0])  # left-right, posterior-anterior, inferior-superior
 SCALP_MM, SKULL_MM = 4.0, 6.0
@@ -141,6 +156,7 @@ class Anatomy:
     nuclei: tuple[Ellipsoid, ...]
     ventricles: tuple[Ellipsoid, ...]
     lesions: tuple[Ellipsoid, ...] = ()
+    tumour: "Tumour | None" = None
 
     @property
     def brain_radii(self) -> np.ndarray:
@@ -186,7 +202,47 @@ class Anatomy:
             tissue[ventricle.rho(points) <= 1] = VENTRICLE
         for lesion in self.lesions:
             tissue[(lesion.rho(points) <= 1) & ((tissue == GM) | (tissue == WM))] = LESION
+        if self.tumour is not None:
+            self.tumour.paint(points, tissue)
         return tissue
+
+
+@dataclass(frozen=True)
+class Tumour:
+    """A glioma-like tumour (classes=7): an ellipsoidal core, necrotic inside ``necrotic_rho`` of
+    its normalised radius and enhancing outside it, in an oedema ellipsoid whose surface is
+    roughened by a smooth field. It replaces parenchyma (GM, WM) only."""
+
+    core: Ellipsoid
+    oedema: Ellipsoid
+    roughness: SmoothField
+    necrotic_rho: float
+    intensities: np.ndarray  # (3,) necrotic, oedema, enhancing, jittered per subject
+
+    def paint(self, points: np.ndarray, tissue: np.ndarray) -> None:
+        parenchyma = (tissue == GM) | (tissue == WM)
+        rho_o = self.oedema.rho(points)
+        tissue[parenchyma & (rho_o <= 1 + 0.1 * self.roughness(points))] = OEDEMA
+        rho_c = self.core.rho(points)
+        tissue[parenchyma & (rho_c <= 1)] = ENHANCING
+        tissue[parenchyma & (rho_c <= self.necrotic_rho)] = NECROTIC
+
+
+def draw_tumour(rng: np.random.Generator, anatomy: Anatomy) -> Tumour:
+    """One tumour centred in white matter away from the ventricles: core radius log-uniform
+    10-20 mm, oedema 1.4-2 times the core."""
+    candidates = rng.uniform(-0.8, 0.8, size=(4000, 3)) * anatomy.brain_radii
+    in_wm = anatomy.tissues(candidates) == WM
+    clear = np.all([v.rho(candidates) > 1.5 for v in anatomy.ventricles], axis=0)
+    pool = candidates[in_wm & clear] if (in_wm & clear).any() else candidates[in_wm]
+    centre = pool[rng.integers(len(pool))]
+    radius = float(np.exp(rng.uniform(np.log(10.0), np.log(20.0))))
+    core = Ellipsoid(centre, radius * rng.uniform(0.8, 1.2, size=3), _rotation(rng, np.array([180.0] * 3)))
+    oedema = Ellipsoid(centre + rng.normal(0, 0.15 * radius, size=3),
+                       core.radii * rng.uniform(1.4, 2.0), _rotation(rng, np.array([180.0] * 3)))
+    return Tumour(core=core, oedema=oedema, roughness=SmoothField.draw(rng, (10, 25)),
+                  necrotic_rho=float(rng.uniform(0.5, 0.7)),
+                  intensities=TUMOUR_INTENSITY * (1 + rng.normal(0, 0.03, size=3)))
 
 
 def _rotation(rng: np.random.Generator, max_deg: np.ndarray) -> np.ndarray:
@@ -239,17 +295,22 @@ def _draw_lesions(rng: np.random.Generator, anatomy: Anatomy, count: int) -> tup
 @dataclass(frozen=True)
 class PhantomSubject:
     image: np.ndarray  # (X, Y, Z) float32, scanner units
-    label: np.ndarray  # (X, Y, Z) uint8, base classes 0..4
+    label: np.ndarray  # (X, Y, Z) uint8, base classes 0..4 (the 7-class label with a tumour)
     age: float
-    lesion_count: int  # connected lesion components in the label (what is visible)
+    lesion_count: int  # connected lesion (or tumour) components in the label (what is visible)
     lesion_load_ml: float
     ventricle_volume_ml: float
 
 
-def make_subject(rng: np.random.Generator, size: int) -> PhantomSubject:
-    """Draw and render one subject at the given in-plane size."""
+def make_subject(rng: np.random.Generator, size: int, tumour_rng: np.random.Generator | None = None
+                 ) -> PhantomSubject:
+    """Draw and render one subject at the given in-plane size. With ``tumour_rng`` (classes=7)
+    the subject's lesions give way to one tumour and ``label`` holds the 7-class label."""
     shape, affine = phantom_geometry(size)
     anatomy = draw_anatomy(rng)
+    if tumour_rng is not None:
+        anatomy = replace(anatomy, lesions=())
+        anatomy = replace(anatomy, tumour=draw_tumour(tumour_rng, anatomy))
     rotation = _rotation(rng, MAX_ROTATION_DEG)
     shift = rng.uniform(-MAX_SHIFT_MM, MAX_SHIFT_MM)
 
@@ -261,12 +322,17 @@ def make_subject(rng: np.random.Generator, size: int) -> PhantomSubject:
     image = _scan(rng, anatomy, tissue, head, world, shape, np.diag(affine)[:3])
 
     tissue = tissue.reshape(shape)
-    label = TISSUE_TO_BASE_LABEL[tissue]
+    if anatomy.tumour is None:
+        label = TISSUE_TO_BASE_LABEL[tissue]
+        lesion = label == 4
+    else:
+        label = TISSUE_TO_TUMOUR_LABEL[tissue]
+        lesion = (label >= 1) & (label <= 3)
     voxel_ml = float(np.prod(np.diag(affine)[:3])) / 1000
     return PhantomSubject(
         image=image, label=label, age=anatomy.age,
-        lesion_count=int(ndimage.label(label == 4)[1]),
-        lesion_load_ml=float((label == 4).sum()) * voxel_ml,
+        lesion_count=int(ndimage.label(lesion)[1]),
+        lesion_load_ml=float(lesion.sum()) * voxel_ml,
         ventricle_volume_ml=float((tissue == VENTRICLE).sum()) * voxel_ml,
     )
 
@@ -276,6 +342,8 @@ def _scan(rng: np.random.Generator, anatomy: Anatomy, tissue: np.ndarray, head: 
     """What a scanner would record: tissue intensities with texture, partial-volume blur, a
     bias field fixed to the scanner (world coordinates), Rician noise and a random gain."""
     intensity = TISSUE_INTENSITY * (1 + rng.normal(0, 0.03, size=len(TISSUE_INTENSITY)))
+    if anatomy.tumour is not None:
+        intensity = np.concatenate([intensity, anatomy.tumour.intensities])
     clean = intensity[tissue]
     inside = tissue != AIR
     clean[inside] *= 1 + 0.04 * anatomy.texture(head[inside])
@@ -302,8 +370,8 @@ def _check_arguments(subjects: int, size: int, classes: int, unlabelled: int) ->
         problems.append(f"--subjects must be at least 1, got {subjects}")
     if size < 16:
         problems.append(f"--size must be at least 16 voxels, got {size}")
-    if classes not in CLASS_MERGES:
-        problems.append(f"--classes must be one of {sorted(CLASS_MERGES)}, got {classes}")
+    if classes not in PHANTOM_CLASSES:
+        problems.append(f"--classes must be one of {', '.join(map(str, PHANTOM_CLASSES))}, got {classes}")
     if unlabelled < 0:
         problems.append(f"--unlabelled must be 0 or more, got {unlabelled}")
     if problems:
@@ -316,7 +384,8 @@ def write_phantom_dataset(out_dir: str | Path, *, subjects: int = 20, size: int 
     (``images/``, ``labels/``, ``manifest.csv``, ``phantom.json``) and return the manifest path.
 
     Manifest columns: subject_id, image, label (empty for unlabelled), labelled, age,
-    lesion_load (mL), lesion_count, ventricle_volume (mL); paths relative to ``out_dir``.
+    lesion_load (mL), lesion_count, ventricle_volume (mL); paths relative to ``out_dir``. With
+    ``classes=7`` the lesion columns describe the tumour (its three classes together).
     Unlabelled subjects come after the labelled ones and are drawn the same way.
     """
     _check_arguments(subjects, size, classes, unlabelled)
@@ -325,12 +394,15 @@ def write_phantom_dataset(out_dir: str | Path, *, subjects: int = 20, size: int 
     if subjects:
         (out / "labels").mkdir(exist_ok=True)
     _, affine = phantom_geometry(size)
-    merge = np.array(CLASS_MERGES[classes], dtype=np.uint8)
+    # The 7-class label is drawn as such; the others merge the base classes.
+    merge = np.arange(TUMOUR_CLASSES, dtype=np.uint8) if classes == TUMOUR_CLASSES \
+        else np.array(CLASS_MERGES[classes], dtype=np.uint8)
     rows = []
     for index in range(subjects + unlabelled):
         subject_id = f"sub-{index:03d}"
         labelled = index < subjects
-        subject = make_subject(np.random.default_rng([seed, index]), size)
+        tumour_rng = np.random.default_rng([seed, index, TUMOUR_CLASSES]) if classes == TUMOUR_CLASSES else None
+        subject = make_subject(np.random.default_rng([seed, index]), size, tumour_rng)
         image = f"images/{subject_id}.nii.gz"
         label = f"labels/{subject_id}.nii.gz" if labelled else ""
         _write_nifti(out / image, subject.image, affine)

@@ -358,9 +358,9 @@ def _dataset(raw: Any, base_dir: Path, problems: _Problems) -> DatasetSpec:
             classes=_int(p, "classes", "dataset.phantom", problems, default=dflt.classes, minimum=2),
             unlabelled=_int(p, "unlabelled", "dataset.phantom", problems, default=dflt.unlabelled, minimum=0),
             seed=_int(p, "seed", "dataset.phantom", problems, default=dflt.seed, minimum=0))
-        merges = _import(("synthmix.datasets.phantom", "CLASS_MERGES"))
-        if merges is not None and phantom.classes not in merges:
-            problems.add("dataset.phantom.classes", f"{phantom.classes} is not one of {sorted(merges)}")
+        known = _import(("synthmix.datasets.phantom", "PHANTOM_CLASSES"))
+        if known is not None and phantom.classes not in known:
+            problems.add("dataset.phantom.classes", f"{phantom.classes} is not one of {list(known)}")
     if "manifest" in d:
         if not isinstance(d["manifest"], str) or not d["manifest"]:
             problems.add("dataset.manifest", f"must be a path, got {d['manifest']!r}")

@@ -16,10 +16,19 @@ Surfaces are the mask voxels with a face-neighbour outside the mask (or on the v
 as in MONAI and medpy; axes of length 1 are ignored (a 2D image is a (1, H, W) volume). Distances use scipy's Euclidean distance transform with ``sampling=spacing``
 (rather than MONAI's metric classes, which return NaN/inf for empty masks and need one-hot
 batches). HD95 is the larger of the two directed 95th percentiles (MONAI/medpy convention).
+
+Optionally (``detection=DetectionThresholds()``), 002's detection-thresholded precision and
+recall: each slice's connected components are detections. A truth component is a true positive
+when the predicted components touching it reach Dice >= ``min_dice`` (0.25) with it, else a
+false negative; a predicted component touching no truth is a false positive unless it has fewer
+than ``min_false_positive_px`` (200) pixels, which 002 treats as noise. Keys ``det_tp_<c>``,
+``det_fp_<c>``, ``det_fn_<c>`` (counts, so test-set totals are the sums over subjects) and
+``det_precision_<c>``, ``det_recall_<c>`` (with the empty rules above; ``_mean`` over classes).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -93,6 +102,52 @@ def class_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...
     return out
 
 
+@dataclass(frozen=True)
+class DetectionThresholds:
+    """002's thresholds: smaller false-positive components and poorer true positives are not counted."""
+
+    min_false_positive_px: int = 200
+    min_dice: float = 0.25
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_false_positive_px, bool) or not isinstance(self.min_false_positive_px, int) \
+                or self.min_false_positive_px < 0:
+            raise ValueError(f"min_false_positive_px must be a non-negative integer, got {self.min_false_positive_px!r}")
+        if not 0 <= self.min_dice <= 1:
+            raise ValueError(f"min_dice must be in [0, 1], got {self.min_dice!r}")
+
+
+# Face connectivity within a slice, none across slices: 002's detections are per image.
+_IN_SLICE = np.zeros((3, 3, 3), bool)
+_IN_SLICE[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def detection_counts(pred: np.ndarray, truth: np.ndarray, thresholds: DetectionThresholds) -> dict[str, int]:
+    """(tp, fp, fn) of one class's boolean (D, H, W) masks, as described in the module docstring."""
+    pred_cc, _ = ndimage.label(pred, structure=_IN_SLICE)
+    truth_cc, n_truth = ndimage.label(truth, structure=_IN_SLICE)
+    tp = 0
+    for j in range(1, n_truth + 1):
+        component = truth_cc == j
+        touching = np.unique(pred_cc[component])
+        found = np.isin(pred_cc, touching[touching > 0])
+        overlap = np.count_nonzero(found & component)
+        tp += overlap > 0 and 2 * overlap / (found.sum() + component.sum()) >= thresholds.min_dice
+    sizes = np.bincount(pred_cc.ravel())
+    hits = np.bincount(pred_cc[truth].ravel(), minlength=len(sizes))
+    fp = int(np.count_nonzero((hits[1:] == 0) & (sizes[1:] >= thresholds.min_false_positive_px)))
+    return {"tp": int(tp), "fp": fp, "fn": int(n_truth - tp)}
+
+
+def detection_metrics(counts: dict[str, int]) -> dict[str, float]:
+    """Precision and recall from (tp, fp, fn), with the module's empty rules: nothing to find
+    and nothing found counts 1; something to find and nothing found, 0."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    return {"det_precision": precision, "det_recall": recall}
+
+
 def _check(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing) -> None:
     if pred.shape != truth.shape or pred.ndim != 3:
         raise ValueError(f"pred {pred.shape} and truth {truth.shape} must be equal (D, H, W) shapes")
@@ -105,7 +160,8 @@ def _check(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing) -> No
 
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, *, num_classes: int,
                          spacing: tuple[float, float, float], lcc: bool = False,
-                         distances: bool = True) -> dict[str, float]:
+                         distances: bool = True, detection: DetectionThresholds | None = None
+                         ) -> dict[str, float]:
     """Per-class and mean metrics of one subject.
 
     Args:
@@ -114,6 +170,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, *, num_classes: in
         spacing: voxel size in mm along (D, H, W).
         lcc: keep only each predicted class's largest connected component first (003).
         distances: compute hd / hd95 (off for cheap validation).
+        detection: add 002's detection-thresholded counts, precision and recall (``det_*``).
 
     Returns keys ``<metric>_<c>`` and ``<metric>_mean`` for metric in METRIC_NAMES.
     """
@@ -132,6 +189,20 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, *, num_classes: in
             out[f"{name}_{c}"] = value
     for name in per_class[0]:
         out[f"{name}_mean"] = float(np.mean([values[name] for values in per_class]))
+    if detection is not None:
+        out.update(_detection(pred, truth, num_classes, detection))
+    return out
+
+
+def _detection(pred: np.ndarray, truth: np.ndarray, num_classes: int, thresholds: DetectionThresholds
+               ) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for c in range(1, num_classes):
+        counts = detection_counts(pred == c, truth == c, thresholds)
+        out.update({f"det_{k}_{c}": v for k, v in counts.items()})
+        out.update({f"{k}_{c}": v for k, v in detection_metrics(counts).items()})
+    for name in ("det_precision", "det_recall"):
+        out[f"{name}_mean"] = float(np.mean([out[f"{name}_{c}"] for c in range(1, num_classes)]))
     return out
 
 

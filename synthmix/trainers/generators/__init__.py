@@ -78,9 +78,11 @@ GENERATORS: Registry[GeneratorFamily] = Registry("generator")
 
 
 def _register() -> None:
-    from synthmix.trainers.generators import dcgan
+    from synthmix.trainers.generators import dcgan, pix2pix, spade_two_stage
 
     GENERATORS.add("dcgan_wgangp", dcgan.FAMILY)
+    GENERATORS.add("pix2pix", pix2pix.FAMILY)
+    GENERATORS.add("spade_two_stage", spade_two_stage.FAMILY)
 
 
 _register()

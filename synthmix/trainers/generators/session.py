@@ -137,9 +137,11 @@ class GeneratorSession:
         """Change what checkpoints hold (a family entering a phase with new networks)."""
         self._objects = {"models": models, "optimizers": optimizers}
 
-    def end_step(self, losses: dict[str, float], *, weights: Callable[[], dict]) -> None:
+    def end_step(self, losses: dict[str, float], *, weights: Callable[[], dict], checkpoint: bool = False) -> None:
         """Call after each step with its losses; ``weights()`` gives the current sampling
-        weights (only called when a snapshot is due)."""
+        weights (only called when a snapshot is due). ``checkpoint``: checkpoint after this
+        step whatever ``checkpoint_every`` says (a family's phase boundary, so a resume never
+        repeats the phase before it)."""
         self.step += 1
         bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
         if bad:
@@ -151,7 +153,7 @@ class GeneratorSession:
         last = self.step >= self.total_steps
         if self.select.by != "last" and (self.step % self.select.every == 0 or last):
             self._snapshot(weights)
-        if self.step % self.checkpoint_every == 0 or last:
+        if checkpoint or self.step % self.checkpoint_every == 0 or last:
             self._report()
 
     def _snapshot(self, weights: Callable[[], dict]) -> None:
