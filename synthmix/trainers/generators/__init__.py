@@ -78,9 +78,10 @@ GENERATORS: Registry[GeneratorFamily] = Registry("generator")
 
 
 def _register() -> None:
-    from synthmix.trainers.generators import dcgan
+    from synthmix.trainers.generators import dcgan, ddpm
 
     GENERATORS.add("dcgan_wgangp", dcgan.FAMILY)
+    GENERATORS.add("ddpm", ddpm.FAMILY)
 
 
 _register()
