@@ -26,6 +26,7 @@ from torch import nn
 
 from synthmix.errors import StudyError
 from synthmix.trainers.generators import GeneratorData, GeneratorFamily
+from synthmix.trainers.generators.augment import AugmentConfig, Augmenter, build_augment_config
 from synthmix.trainers.generators.encoding import JointEncoding, label_channels
 from synthmix.trainers.generators.samplers import NoiseSampler
 from synthmix.trainers.generators.session import GeneratorSession
@@ -157,7 +158,7 @@ class DCGANConfig:
     head-shaped pairs in 250 steps (benchmarks/generator_acceptance.py). ``steps`` counts
     generator steps; ``batch_size`` is global (split across workers). ``upsampling`` "resize"
     avoids the checkerboard of DCGAN's "transpose"; ``skip_empty`` trains on slices with a
-    foreground label only.
+    foreground label only. ``augment``: mask-safe critic augmentation (``augment.py``).
     """
 
     latent_dim: int = 128
@@ -172,6 +173,7 @@ class DCGANConfig:
     amp: bool = False
     upsampling: str = "resize"
     skip_empty: bool = False
+    augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -208,6 +210,7 @@ def build_config(d: dict) -> DCGANConfig:
     values = dict(d)
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
+    values["augment"] = build_augment_config(values.get("augment"))
     return DCGANConfig(**values)
 
 
@@ -265,6 +268,7 @@ def train(config: DCGANConfig, data: GeneratorData, encoding: JointEncoding,
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if config.amp and device.type == "cuda" \
         else contextlib.nullcontext  # bfloat16: no loss scaling through the penalty's double backward
     batch = config.batch_size
+    augment = Augmenter.for_session(config.augment, encoding, session, batch)
     while session.step < config.steps:
         for _ in range(config.n_critic):
             real = session.batch(joint, batch)
@@ -272,14 +276,15 @@ def train(config: DCGANConfig, data: GeneratorData, encoding: JointEncoding,
             with torch.no_grad(), autocast():
                 fake = generator(z).float()
             with autocast():
-                s_real, s_fake, penalty = gradient_penalty(critic, real, fake, alpha)
+                s_real, s_fake, penalty = gradient_penalty(critic, augment(real), augment(fake), alpha)
             wasserstein = s_real.mean() - s_fake.mean()
             critic_loss = -wasserstein + config.gp_lambda * penalty
             opt_c.zero_grad(set_to_none=True)
             critic_loss.backward()
             opt_c.step()
+            augment.update(s_real, s_fake)
         with autocast():
-            generator_loss = -critic(generator(session.randn(batch, config.latent_dim))).float().mean()
+            generator_loss = -critic(augment(generator(session.randn(batch, config.latent_dim)))).float().mean()
         opt_g.zero_grad(set_to_none=True)
         generator_loss.backward()
         opt_g.step()
