@@ -31,6 +31,13 @@ def _study(root: Path) -> Path:
     generator.mkdir(parents=True)
     (generator / "quality.json").write_text(json.dumps({"swd": 12.5, "swd_untrained": 99.0}))
     plt.imsave(generator / "samples.png", [[0.0, 1.0], [1.0, 0.0]])
+    plt.imsave(generator / "real.png", [[1.0, 0.0], [0.0, 1.0]])
+    (generator / "generator.json").write_text(json.dumps({"family": "dcgan_wgangp", "selection": {
+        "by": "swd", "chosen_step": 200, "snapshots": [{"step": 100, "score": 30.0}, {"step": 200, "score": 12.5}]}}))
+    pool = root / "artifacts" / "pools" / "poolkey1"
+    pool.mkdir(parents=True)
+    (pool / "pool.json").write_text(json.dumps({"key": "poolkey1", "generator": "key123", "drawn": 40, "kept": 20,
+                                                "steps": [{"name": "blur", "removed": 4}]}))
     (root / "errors").mkdir()
     (root / "errors" / "lost-cell.json").write_text(json.dumps({"error": "TrainingDiverged: loss nan"}))
     return root
@@ -45,7 +52,8 @@ def test_report_holds_table_tests_plots_and_generators(tmp_path: Path, capsys) -
     assert "synthmix study tiny" in page and "dice_mean: mean (std)" in page
     assert "Comparisons with the baseline" in page and "p_adjusted" in page and "cohens_d_pooled" in page
     images = page.count("data:image/png;base64,")
-    assert images == 3  # line plot, box plot, one sample grid
+    assert images == 4  # line plot, box plot, the real and the synthetic grid
+    assert "kept step 200" in page and "drawn 40, kept 20" in page and "blur removed 4" in page
     sample = base64.b64encode((root / "artifacts/generators/key123/samples.png").read_bytes()).decode()
     assert sample in page and "key123" in page and "12.5" in page
     assert "lost-cell" in page  # the failed cell is listed

@@ -133,25 +133,63 @@ def _tuning(fs: pafs.FileSystem, folder: str) -> str:
             f"{images}")
 
 
+FIGURES = ("swd", "swd_sd", "swd_vs_floor", "fcn_dice_mean", "blur", "nn_distance")
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def _pools_by_generator(fs: pafs.FileSystem, folder: str) -> dict[str, list[dict]]:
+    selector = pafs.FileSelector(f"{folder}/artifacts/pools", allow_not_found=True)
+    pools: dict[str, list[dict]] = {}
+    for info in fs.get_file_info(selector):
+        raw = _read(fs, f"{info.path}/pool.json") if info.type == pafs.FileType.Directory else None
+        if raw:
+            pool = json.loads(raw)
+            pools.setdefault(pool.get("generator", ""), []).append(pool)
+    return pools
+
+
+def _generator_section(key: str, quality: dict, spec: dict, pools: list[dict], grids: tuple) -> str:
+    """One generator: its figures next to the untrained network's and real data's (the floor),
+    its snapshot scores, each pool step's counts, and real | synthetic sample grids."""
+    table = pd.DataFrame({part: {f: quality.get(f + suffix) for f in FIGURES}
+                          for part, suffix in (("trained", ""), ("untrained", "_untrained"), ("real (floor)", "_real"))})
+    selection = spec.get("selection") or quality.get("selection") or {}
+    snaps = ", ".join(f"{s['step']}: {s['score']:.4g}" for s in selection.get("snapshots", []))
+    chosen = (f"<p>select by {html.escape(str(selection.get('by')))}: kept step {selection.get('chosen_step')}"
+              + (f" of snapshots {html.escape(snaps)}" if snaps else "") + "</p>") if selection else ""
+    pool_html = "".join(
+        f"<p>pool {html.escape(p['key'][:12])}: drawn {p['drawn']}, kept {p['kept']}; "
+        + "; ".join(f"{html.escape(st['name'])} removed {st['removed']}" for st in p.get("steps", [])) + "</p>"
+        for p in pools)
+    real, synthetic = grids
+    side = "".join(f"<div style='display:inline-block;vertical-align:top;max-width:49%'>{_img(g)}</div>"
+                   for g in (real, synthetic) if g)
+    family = html.escape(str(spec.get("family", "")))
+    return (f"<h3>{family} {html.escape(key)}</h3>{table.to_html(float_format='%.4g', na_rep='')}{chosen}"
+            f"{pool_html}<p>Left: real training slices; right: samples.</p>{side}")
+
+
 def _generators(fs: pafs.FileSystem, folder: str) -> str:
-    """Quality figures of every trained generator, and one sample grid."""
+    """Per trained generator: quality figures with their floors, snapshot scores, pool counts,
+    and real and synthetic sample grids side by side."""
     selector = pafs.FileSelector(f"{folder}/artifacts/generators", allow_not_found=True)
     keys = sorted(info.base_name for info in fs.get_file_info(selector) if info.type == pafs.FileType.Directory)
-    rows, grid = [], None
+    pools, sections = _pools_by_generator(fs, folder), []
     for key in keys:
         base = f"{folder}/artifacts/generators/{key}"
-        if fs.get_file_info(f"{base}/quality.json").type != pafs.FileType.File:
+        raw = _read(fs, f"{base}/quality.json")
+        if raw is None:
             continue  # not finished
-        with fs.open_input_stream(f"{base}/quality.json") as stream:
-            quality = json.loads(stream.read())
-        rows.append({"key": key, **{k: v for k, v in quality.items() if isinstance(v, (int, float))}})
-        if grid is None and fs.get_file_info(f"{base}/samples.png").type == pafs.FileType.File:
-            with fs.open_input_stream(f"{base}/samples.png") as stream:
-                grid = (key, stream.read())
-    if not rows:
-        return ""
-    sample = f"<p>Samples of generator {html.escape(grid[0])}:</p>{_img(grid[1])}" if grid else ""
-    return f"<h2>Generators</h2>{pd.DataFrame(rows).to_html(index=False, float_format='%.4g')}{sample}"
+        spec = json.loads(_read(fs, f"{base}/generator.json") or b"{}")
+        grids = (_read(fs, f"{base}/real.png"), _read(fs, f"{base}/samples.png"))
+        sections.append(_generator_section(key, json.loads(raw), spec, pools.get(key, []), grids))
+    return f"<h2>Generators</h2>{''.join(sections)}" if sections else ""
 
 
 def _failures(results) -> str:
