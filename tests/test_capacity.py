@@ -3,6 +3,8 @@ and what the autoscaler is asked for (no Ray cluster needed: its two calls are f
 
 from __future__ import annotations
 
+import pytest
+
 import ray
 import ray.autoscaler.sdk
 from ray.tune.search import Searcher
@@ -165,7 +167,8 @@ def test_fractions_of_a_gpu_that_ray_and_nccl_refuse_are_caught_before_a_run() -
 def test_plan_estimates_per_cell_costs_and_gpu_time_of_fractional_gpus(phantom_manifest) -> None:
     import yaml
 
-    from synthmix.search_spaces.expand import cell_costs, expand_study, generator_seconds, segmentation_seconds
+    from synthmix.search_spaces.expand import (RAY_START_SECONDS, cell_costs, expand_study, generator_seconds,
+                                               segmentation_seconds)
     from synthmix.search_spaces.schema import validate_study
     from tiny_study import tiny_study_yaml
 
@@ -176,7 +179,8 @@ def test_plan_estimates_per_cell_costs_and_gpu_time_of_fractional_gpus(phantom_m
     seg = segmentation_seconds(plan.study)
     for cell in plan.cells:
         job = plan.generator_jobs.get(cell.generator_key)
-        assert costs[cell.cell_id] == ((generator_seconds(plan.study, job) if job else 0.0), seg)
+        gen = generator_seconds(job, plan.estimate["image_pixels"]) + RAY_START_SECONDS if job else 0.0
+        assert costs[cell.cell_id] == pytest.approx((gen, seg))
     e = plan.estimate
     assert e["trainings_per_gpu"] == 4 and abs(e["gpu_seconds"] - e["total_cpu_seconds"] * 0.25) < 0.1
     assert "4 trainings share each GPU" in plan.render()
