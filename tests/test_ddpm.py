@@ -134,7 +134,7 @@ def test_artifact_samples_pairs_of_the_data_shape(trained):
     np.testing.assert_array_equal(s.images, artifact.sample(5, seed=1).images)
     assert not np.array_equal(s.images, artifact.sample(5, seed=2).images)
     assert [m["step"] for m in context.history] == [3, 6] and {"loss", "grad_norm"} <= set(context.history[0])
-    for key in ("swd", "swd_untrained", "nn_distance", "fcn_score"):
+    for key in ("swd", "swd_untrained", "nn_distance", "fcn_dice_mean", "fcn_dice_mean_real"):
         assert np.isfinite(artifact.quality[key])
 
 

@@ -21,7 +21,15 @@ TINY_NETWORKS = {
     "deepmedic2d": dict(filters=[4, 4, 6, 6, 6, 6, 8, 8], fc_filters=8),
     "fcn8s": dict(base_filters=4, fc_filters=8),
 }
-TINY_GENERATORS = {"dcgan_wgangp": dict(latent_dim=8, base_filters=4, batch_size=4, steps=2, checkpoint_every=2)}
+TINY_GENERATORS = {
+    "dcgan_wgangp": dict(latent_dim=8, base_filters=4, batch_size=4, steps=2, checkpoint_every=2),
+    "pix2pix": dict(base_filters=4, disc_filters=4, batch_size=2, steps=2, checkpoint_every=2),
+    "spade_two_stage": dict(labels=dict(steps=2, batch_size=2, base_filters=4, latent_dim=8),
+                            images=dict(steps=2, batch_size=2, base_filters=2, disc_filters=4, hidden=4),
+                            select_every=2, select_samples=4, calibration_samples=8, checkpoint_every=2),
+    "ddpm": dict(channels=[8, 8], attention=[False, True], norm_groups=4, head_channels=8, batch_size=4,
+                 sampling_steps=3, train_timesteps=100, steps=2, checkpoint_every=2),
+}
 
 
 def test_every_family_has_a_tiny_case():
@@ -61,7 +69,8 @@ def test_every_generator_family_learns_and_samples_every_modality(name, channels
                          quality={"samples": 8, "reference_steps": 2})
     artifact = train_generator(spec, GeneratorData(data), LocalContext(checkpoint_root=tmp_path / "c"),
                                tmp_path / "artifact")
-    samples = artifact.sample(3, seed=0)
+    masks = data.labels[:3] if GENERATORS.get(name).needs_masks else None  # conditional: the subset's masks
+    samples = artifact.sample(3, seed=0, masks=masks)
     assert samples.images.shape == (3, channels, 24, 24) and samples.labels.shape == (3, 24, 24)
     assert np.isfinite(samples.images).all()
     assert len({float(samples.images[:, c].std()) for c in range(channels)}) == channels
