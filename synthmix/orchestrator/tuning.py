@@ -330,6 +330,7 @@ def tune_trial(config: dict, context: dict) -> None:
     from ray import tune as ray_tune
 
     from synthmix.orchestrator.cells import execute_cell
+    from synthmix.orchestrator.spec import CellSpec
 
     number = int(config[NUMBER_KEY])
     parameters = {path: config[path] for path in context["space"]}
@@ -338,11 +339,11 @@ def tune_trial(config: dict, context: dict) -> None:
     record = {"number": number, "parameters": parameters, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         cell_config = trial_cell_config(context, parameters, number)
-        row = execute_cell(store, cell_config["cell"], cell_config)
+        row = execute_cell(store, CellSpec.from_dict(cell_config["spec"]), cell_config)
         metrics = trial_metrics(row, generator=context["scores_generator"])
         value = metrics[context["metric"]]
         record.update(state="complete", value=value, metrics=metrics, generator_key=row.get("generator_key"),
-                      cell=cell_config["cell"]["trial_of"], best_step=row.get("best_step"))
+                      cell=cell_config["trial_of"], best_step=row.get("best_step"))
     except Exception as err:
         record.update(state="failed", value=None, error=f"{type(err).__name__}: {err}",
                       traceback="".join(traceback.format_exception(err)), time_s=time.monotonic() - start)
@@ -354,10 +355,10 @@ def tune_trial(config: dict, context: dict) -> None:
 
 
 def trial_cell_config(context: dict, parameters: dict, number: int) -> dict:
-    """The cell config of trial ``number``: the ``tune.on`` cell of the study with these
+    """The Tune config of trial ``number``: the ``tune.on`` cell's spec in the study with these
     parameters, renamed ``tune-NNNNN``, without test subjects, scored on validation (or by its
     generator)."""
-    from synthmix.orchestrator.study_run import trial_configs
+    from synthmix.orchestrator.spec import build_cell_specs
     from synthmix.search_spaces.expand import expand_cells
 
     study = apply_parameters(context["raw"], parameters, source=context["source"], base_dir=context["base_dir"])
@@ -366,12 +367,11 @@ def trial_cell_config(context: dict, parameters: dict, number: int) -> dict:
     on = context["on"]
     cell = next(c for c in plan.cells if c.fold == on["fold"] and c.repeat == on["repeat"]
                 and all(c.factors[k] == on[k] for k in c.factors))
-    store = StudyStore.at(context["root"])
-    (config,) = trial_configs(study, store, replace(plan, cells=[cell]))
-    config["cell"] = {**config["cell"], "cell_id": f"tune-{number:05d}", "trial_of": cell.cell_id}
-    config["split"] = {**config["split"], "test": []}  # rule 4: the trial does not even name them
-    config["score"] = "generator" if context["scores_generator"] else "validation"
-    return config
+    (spec,) = build_cell_specs(study, context["root"], plan, [cell])
+    spec = replace(spec, cell=replace(cell, cell_id=f"tune-{number:05d}"),
+                   split=replace(spec.split, test=()))  # rule 4: the trial does not even name them
+    return {"spec": spec.to_dict(), "score": "generator" if context["scores_generator"] else "validation",
+            "trial_of": cell.cell_id}
 
 
 def trial_metrics(row: dict, *, generator: bool) -> dict:

@@ -101,7 +101,8 @@ def _verdict(results: TuningResults) -> str:
     best = results.best
     if not best:
         return "tuning unfinished: no best.json yet (the grid waits for it)"
-    chosen = ", ".join(f"{k}={v}" for k, v in best["parameters"].items())
+    order = [p for p in results.parameters if p in best["parameters"]]  # the table's (the space's) order
+    chosen = ", ".join(f"{k}={best['parameters'][k]}" for k in order)
     return (f"best: trial {best['trial']}, {best['metric']}={best['value']:.4g} ({best['mode']}imised over "
             f"{best['completed']} completed trial(s), {best['failed']} failed); frozen into the grid: {chosen}")
 

@@ -155,7 +155,7 @@ class Plan:
             "pool_jobs": [asdict(j) for j in self.pool_jobs.values()],
             "estimate": self.estimate,
             "data": self.data.to_dict() if self.data is not None else None,
-            **({"tune": _tune_block(self.study)} if self.study.tune else {}),
+            **({"tune": _tune_block(self)} if self.study.tune else {}),
         }
 
     def to_json(self) -> str:
@@ -194,25 +194,26 @@ class Plan:
         if s.tune:
             from synthmix.search_spaces.tune_section import render_block
 
-            lines += render_block(s, _tune_block(s)["estimate_cpu_seconds"])
+            lines += render_block(s, _tune_block(self)["estimate_cpu_seconds"])
         return "\n".join(line for line in lines if line)
 
 
-def _tune_block(study: Study) -> dict:
+def _tune_block(plan: "Plan") -> dict:
     """plan.json's ``tune`` block, with the search's modelled compute: one training per trial
-    (none when a generator figure scores it), and one generator training per trial when the
-    search changes the generator, else one in all."""
+    (none when a generator figure scores it), plus the generator of the tuned cell: once, or
+    once per trial when the search changes the generator."""
     from synthmix.search_spaces.tune_section import plan_block
 
+    study = plan.study
     t, pixels = study.tune, _image_pixels(study)
-    seg_steps, seg_batch = _budget(study.segmenter, "segmenter")
+    seg_steps, seg_batch = _budget(study.segmenter)
     per_trial = RAY_START_SECONDS + (0.0 if t.scores_generator else
                                      seg_steps * _step_seconds("segmenter", seg_batch, pixels))
+    on = next((c for c in plan.cells if c.fold == t.on["fold"] and c.repeat == t.on["repeat"]
+               and all(c.factors[k] == t.on[k] for k in c.factors)), None)
     gen = 0.0
-    if study.uses_synthetic(t.on["synthetic"]):
-        config = study.generator.configs[t.on.get("generator") or next(iter(study.generator.configs))]
-        steps, batch = _budget(config, "generator")
-        one = RAY_START_SECONDS + steps * (1 + _critic_updates(config)) * _step_seconds("generator", batch, pixels)
+    if on is not None and on.generator_key:
+        one = RAY_START_SECONDS + generator_seconds(plan.generator_jobs[on.generator_key], pixels)
         gen = one * (t.trials if any(p.startswith("generator.") for p in t.space) else 1)
     return {**plan_block(study), "estimate_cpu_seconds": round(t.trials * per_trial + gen, 1)}
 

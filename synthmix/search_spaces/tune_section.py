@@ -8,7 +8,7 @@ frozen into the grid (``synthmix.orchestrator.tuning`` runs it)::
                                                      # when a factor has several)
       trials: 20                                     # default 20; with sampler grid, the grid's size
       metric: val_dice_mean                          # val_<dice|iou|precision|recall|hd|hd95>_<mean|class>
-                                                     # on the validation subjects, or swd (generator)
+                                                     # on the validation subjects, or swd, fcn_score (generator)
       mode: max                                      # default: min for hd, hd95 and swd, else max
       sampler: {name: tpe, seed: 0}                  # tpe | random | grid
       space:                                         # dotted study fields under segmenter or generator
@@ -36,7 +36,7 @@ TUNABLE_ROOTS = ("segmenter", "generator")
 DEFAULT_TRIALS = 20
 #: Generator quality figures (``quality.json`` of a trained generator) a search can minimise or
 #: maximise; a new figure is one line.
-GENERATOR_FIGURES = {"swd": "min"}
+GENERATOR_FIGURES = {"swd": "min", "fcn_score": "max"}
 _LOWER_IS_BETTER = ("hd", "hd95")
 _PATH = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)+$")
 
