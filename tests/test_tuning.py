@@ -147,6 +147,32 @@ def test_neff2018_tuned_searches_table_one_on_fold_zero_then_runs_the_neff2018_g
     assert "tuning: 8 trial(s), grid sampler" in capsys.readouterr().out
 
 
+def test_a_trial_is_the_tuned_cell_with_its_parameters_and_no_test_subjects(tmp_path: Path) -> None:
+    from synthmix.orchestrator.spec import CellSpec
+    from synthmix.orchestrator.tuning import _context, trial_cell_config, trial_metrics
+    from synthmix.search_spaces.expand import expand_study, resolve_dataset
+
+    (tmp_path / "tinytune.yaml").write_text(STUDY)
+    study = load_study(tmp_path / "tinytune.yaml")
+    plan = expand_study(study, resolve_dataset(study, tmp_path / "data"))
+    store = StudyStore(tmp_path / "st" / "tinytune")
+    parameters = {"segmenter.augmentation_params.intensity_shift_std": 0.07,
+                  "segmenter.augmentation_params.elastic_std_px": 5}
+    config = trial_cell_config(_context(study, store, plan), parameters, 3)
+    spec = CellSpec.from_dict(config["spec"])
+    assert (spec.cell_id, config["score"], spec.split.test) == ("tune-00003", "validation", ())
+    split = plan.splits.get(0, 0, 1.0)
+    assert (spec.split.train, spec.split.val) == (tuple(split.train), tuple(split.val)) and split.test
+    assert spec.segmenter["augmentation_params"] == {"intensity_shift_std": 0.07, "elastic_std_px": 5}
+    assert spec.segmenter["seed"] == plan.cells[0].seed  # every trial: the same cell seed
+    assert config["trial_of"] != plan.cells[0].cell_id  # the trial's study is another study
+    row = {"dice_mean": 0.8, "dice_1": 0.7, "hd95_mean": 3.0, "slice_dice_mean": 0.5, "gen_swd": 4.0,
+           "gen_fcn_dice_mean": 0.6, "gen_swd_untrained": 9.0, "best_step": 6}
+    assert trial_metrics(row, generator=True) == {"swd": 4.0, "fcn_score": 0.6}
+    assert trial_metrics(row, generator=False) == {"swd": 4.0, "fcn_score": 0.6, "val_dice_mean": 0.8,
+                                                    "val_dice_1": 0.7, "val_hd95_mean": 3.0}
+
+
 # --- end to end -----------------------------------------------------------------------------------
 
 _DRIVER = """

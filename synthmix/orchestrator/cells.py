@@ -225,9 +225,9 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
             "real_draws": seg["real_draws"], "synthetic_draws": seg["synthetic_draws"]}
     row = build_row(study=spec.study, cell=spec.cell.to_dict(), factors=list(spec.factors), mixing=spec.mixing,
                     data=data, metrics=seg["metrics"], generator=_flat_quality(quality), timings=timings)
-    write_subject_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["per_subject"],
-                                                            seg["subject_metadata"]))
-    if score == "test":
+    if score == "test":  # a tuning trial's scores are its own record (synthmix.orchestrator.tuning)
+        write_subject_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["per_subject"],
+                                                                seg["subject_metadata"]))
         write_row(store, row)
     return row
 

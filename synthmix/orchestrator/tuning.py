@@ -379,7 +379,7 @@ def trial_metrics(row: dict, *, generator: bool) -> dict:
     segmentation trial every metric on the validation subjects as ``val_<metric>``."""
     from synthmix.trainers.metrics import METRIC_NAMES
 
-    out = {k[4:]: v for k, v in row.items() if k.startswith("gen_") and k[4:] in GENERATOR_FIGURES}
+    out = {name: row[f"gen_{key}"] for name, (key, _) in GENERATOR_FIGURES.items() if f"gen_{key}" in row}
     if not generator:
         pattern = re.compile(rf"({'|'.join(METRIC_NAMES)})_(mean|\d+)")
         out.update({f"val_{k}": float(v) for k, v in row.items() if pattern.fullmatch(k)})

@@ -34,9 +34,9 @@ KINDS = ("float", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
 TUNABLE_ROOTS = ("segmenter", "generator")
 DEFAULT_TRIALS = 20
-#: Generator quality figures (``quality.json`` of a trained generator) a search can minimise or
-#: maximise; a new figure is one line.
-GENERATOR_FIGURES = {"swd": "min", "fcn_score": "max"}
+#: Generator quality figures a search can score trials by: metric name -> (its key in the
+#: generator's ``quality.json``, direction). A new figure is one line.
+GENERATOR_FIGURES = {"swd": ("swd", "min"), "fcn_score": ("fcn_dice_mean", "max")}
 _LOWER_IS_BETTER = ("hd", "hd95")
 _PATH = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)+$")
 
@@ -164,7 +164,7 @@ def _metric(raw: dict, classes: int | None, problems: Any) -> tuple[str, str]:
     match = re.fullmatch(r"val_([a-z0-9]+)_(mean|\d+)", metric) if isinstance(metric, str) else None
     known = f"val_<{'|'.join(METRIC_NAMES)}>_<mean|class>, {', '.join(GENERATOR_FIGURES)}"
     if metric in GENERATOR_FIGURES:
-        default = GENERATOR_FIGURES[metric]
+        default = GENERATOR_FIGURES[metric][1]
     elif match and match.group(1) in METRIC_NAMES:
         default = "min" if match.group(1) in _LOWER_IS_BETTER else "max"
         if match.group(2) != "mean" and classes and not 1 <= int(match.group(2)) < classes:
