@@ -7,7 +7,6 @@ follows runs with the winner."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -283,7 +282,7 @@ def test_killed_search_resumes_scores_on_validation_only_and_freezes_the_winner(
 
 # --- on S3 (a loopback moto server) -------------------------------------------------------------
 
-from test_s3_storage import BUCKET, s3_env  # noqa: E402,F401 (the module's S3 server fixture)
+from test_s3_storage import BUCKET, _synthmix, s3_env  # noqa: E402,F401 (its S3 server fixture)
 
 # Trials on a synthetic level: they share one generator key, which is trained once.
 S3_STUDY = (tiny_study_yaml(real_fractions="[1.0]").replace("name: tiny", "name: tunes3")
@@ -292,11 +291,6 @@ S3_STUDY = (tiny_study_yaml(real_fractions="[1.0]").replace("name: tiny", "name:
             .replace("""    segmenter.augmentation_params.intensity_shift_std: {float: [0.0, 0.1]}
     segmenter.augmentation_params.elastic_std_px: {choice: [0, 5]}
 """, "    segmenter.lr: {float: [1.0e-3, 3.0e-3], log: true}\n"))
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "synthmix.cli", *args], cwd=cwd, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
@@ -314,13 +308,13 @@ def test_search_on_s3_is_killed_and_resumed_from_the_bucket_alone(s3_env, tmp_pa
     study.write_text(S3_STUDY)
     store = StudyStore.open("tunes3", uri)
 
-    driver = _cli("tune", str(study), "--storage", uri, cwd=tmp_path)
+    driver = _synthmix("tune", str(study), "--storage", uri, cwd=tmp_path)
     sigkill_when(driver, lambda: bool(read_records(store)), timeout=600, what="finished trial")
     before = read_records(store)
     assert len(before) == 1 and (store.root / "tune" / "optuna.journal").is_file()
     shutil.rmtree(Path(s3_env["SYNTHMIX_CACHE"]) / "tunes3")  # resume as if on another machine
 
-    resumed = _cli("tune", str(study), "--storage", uri, cwd=tmp_path)
+    resumed = _synthmix("tune", str(study), "--storage", uri, cwd=tmp_path)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
     assert "1 already done" in output
