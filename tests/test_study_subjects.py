@@ -23,6 +23,7 @@ REAL_DRAWS, BATCH = 40, 4
 def _yaml() -> str:
     text = tiny_study_yaml(real_fractions="[1.0]")
     text = text.replace("subjects: 8,", "subjects: 12,")  # 3 test subjects
+    text = text.replace("pool: {size: 64}", "pool: {size: 96}")  # 6 training subjects: 96 slices at +100%
     text = text.replace("max_steps: 10", f"budget: {{real_draws: {REAL_DRAWS}}}")
     return text.replace("mixing: {policy: additive, source: pool}",
                         "mixing: {policy: additive, source: pool, draw: fresh}")

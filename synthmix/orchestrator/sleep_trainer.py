@@ -124,8 +124,10 @@ def segmentation_flow(args: dict, context) -> dict:
     """Sleep for the cell's architecture; report a result shaped like the real one."""
     from synthmix.orchestrator.spec import CellSpec
 
-    architecture = CellSpec.from_dict(args["spec"]).segmenter["architecture"]
-    record = _sleep(_seconds(table(), architecture), context)
+    spec = CellSpec.from_dict(args["spec"])
+    record = _sleep(_seconds(table(), spec.segmenter["architecture"]), context)
     return {"metrics": {"dice_mean": 0.0, "best_step": 0, "steps_done": 0},
             "timings": {"train_s": record["end"] - record["start"], "eval_s": 0.0},
-            "n_train_slices": 0, "n_synthetic_available": 0}
+            "n_train_slices": 0, "n_synthetic_available": 0, "real_draws": 0, "synthetic_draws": 0,
+            "per_subject": [{"subject": sid, "dice_mean": 0.0} for sid in spec.split.test],
+            "subject_metadata": {}}
