@@ -13,7 +13,7 @@ import ray
 from awkward_data import awkward_study_yaml, write_awkward_dataset
 from synthmix.cli import main
 from synthmix.errors import StudyError
-from synthmix.orchestrator.study_run import run_study
+from synthmix.orchestrator.study_run import prepare_study, run_study
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,9 @@ def test_run_refuses_before_any_ray_process_starts(awkward, tmp_path):
     assert not ray.is_initialized()
     assert not (tmp_path / "runs" / "awkward" / "ray").exists()
     assert not (tmp_path / "runs" / "awkward" / "plan.json").exists()
+    assert not (tmp_path / "runs" / "awkward" / "study.yaml").exists()  # nothing frozen for a refused study
+    # Fixed, it runs under its own name (a frozen refused study would be "a different configuration").
+    path.write_text(awkward_study_yaml(awkward, preprocess="resize: 32"))
+    _, store, plan = prepare_study(path, storage=tmp_path / "runs")
+    assert store.study_file.exists() and plan.cells
+    assert not ray.is_initialized()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from synthmix.cli import main
 from synthmix.datasets.arrays import SliceSet
 from synthmix.errors import StudyError
 from synthmix.trainers.context import LocalContext
@@ -228,3 +230,24 @@ def test_resumes_exactly_after_a_worker_kill(tmp_path, monkeypatch):
     for key, value in whole.weights().items():
         torch.testing.assert_close(resumed.weights()[key], value, rtol=0, atol=0)
     np.testing.assert_array_equal(whole.sample(3, seed=0).images, resumed.sample(3, seed=0).images)
+
+
+def test_plan_refuses_on_the_fly_sampling_with_many_ddim_steps(tmp_path, capsys):
+    # A +100% additive cell draws about half its items from the generator: at 250 DDIM steps
+    # each, far more than the 64x64 UNet's training itself; a pool is sampled once instead.
+    study = {"name": "fly", "dataset": {"phantom": {"subjects": 8, "size": 64, "classes": 3}},
+             "split": {"test": 0.25, "val": 0.25, "repeats": 1},
+             "factors": {"real_fraction": [1.0], "synthetic": [0, 1.0], "architecture": ["unet"],
+                         "augmentation": ["none"]},
+             "segmenter": {"batch_size": 8, "max_steps": 300},
+             "generator": {"name": "ddpm", "config": {"sampling_steps": 250}},
+             "mixing": {"policy": "additive", "source": "on_the_fly"}}
+    path = tmp_path / "fly.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "mixing.source: on_the_fly with generator ddpm" in err and "250 DDIM steps" in err
+    assert "use mixing.source: pool" in err
+    study["generator"]["config"]["sampling_steps"] = 2  # cheap sampling plans
+    path.write_text(yaml.safe_dump(study))
+    assert main(["plan", str(path)]) == 0

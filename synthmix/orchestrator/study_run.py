@@ -46,7 +46,7 @@ def prepare_study(study_ref: str | Path | None, *, storage: str | Path | None = 
 
     study = load_study(str(study_ref) if study_ref else "quickstart")
     store = StudyStore.open(name or study.name, storage)
-    _freeze_study(study, store)
+    frozen = _study_to_freeze(study, store)  # refused here if it differs; written once the data passed
     manifest_path = resolve_dataset(study, store.data_dir)
     manifest = read_manifest(manifest_path)
     preprocess = build_preprocess_config(study.dataset.preprocess)
@@ -67,6 +67,8 @@ def prepare_study(study_ref: str | Path | None, *, storage: str | Path | None = 
     plan = expand_cells(study, splits, dataset_fingerprint=manifest.fingerprint(), manifest=manifest_path,
                         data=data)
     _check_same_dataset(store, plan, study_ref)
+    if frozen is not None:
+        atomic_write_bytes(store.study_file, frozen)
     atomic_write_bytes(store.plan_file, plan.to_json().encode())
     for config in {repr(p): p for p in data.preprocess.values()}.values():  # one per fitted crop
         build_cache(manifest_path, build_preprocess_config(config), store.cache_dir)  # before any worker
@@ -80,9 +82,11 @@ def _declared_classes(study: Study, preprocess) -> int | None:
     return preprocess.num_classes or (study.dataset.phantom.classes if study.dataset.phantom else None)
 
 
-def _freeze_study(study: Study, store: StudyStore) -> None:
-    """Keep the study as run; a different study under the same name is refused, except one
-    that differs only in ``generator.pool``, which replaces the stored one."""
+def _study_to_freeze(study: Study, store: StudyStore) -> bytes | None:
+    """The study text to keep as run (None: the stored one is the same). A different study
+    under the same name is refused, except one that differs only in ``generator.pool``, which
+    replaces the stored one. The caller writes it only after the data checks passed, so a study
+    refused by them can be fixed and rerun under its name."""
     raw = yaml.safe_load(Path(study.source).read_text())
     manifest = raw.get("dataset", {}).get("manifest")
     if manifest and study.dataset.manifest:
@@ -92,18 +96,17 @@ def _freeze_study(study: Study, store: StudyStore) -> None:
         with store.local_copy(store.study_file) as local:
             previous = load_study(local)
         if previous.fingerprint() == study.fingerprint():
-            return
+            return None
         if previous.fingerprint(without_pool=True) == study.fingerprint(without_pool=True):
             # Only generator.pool changed: the trained generators stay valid; new pools are drawn
             # from them and the cells that use synthetic data get new ids (the old rows are no
             # longer in the plan).
-            atomic_write_bytes(store.study_file, text.encode())
-            return
+            return text.encode()
         raise SynthmixError(
             f"{store.root} already holds study {previous.name!r} with a different configuration; "
             "pick another --name (or --storage) for the changed study, or resume the stored one "
             f"with 'synthmix resume {store.name}'")
-    atomic_write_bytes(store.study_file, text.encode())
+    return text.encode()
 
 
 def _check_same_dataset(store: StudyStore, plan: Plan, study_ref) -> None:

@@ -349,6 +349,9 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
     plan = Plan(study=study, manifest=manifest, dataset_fingerprint=dataset_fingerprint, splits=splits,
                 cells=cells, generator_jobs=jobs, pool_jobs=pools, data=data)
     plan.estimate = estimate(plan)
+    problems = on_the_fly_problems(plan)
+    if problems:
+        raise StudyError(problems, study.source)
     return plan
 
 
@@ -414,11 +417,17 @@ def _cell_steps(plan: Plan, cell: Cell) -> int:
 
     config = build_segmentation_config(s.segmenter_config(cell.factors.get("architecture", "unet"),
                                                           cell.factors.get("augmentation", "none")))
-    per_subject = s.dataset.phantom.size // 2 if s.dataset.phantom else ASSUMED_SLICES
-    n_real = per_subject * len(plan.splits.get(cell.fold, cell.repeat, cell.amount).train)
+    n_real = _cell_real_slices(plan, cell)
     share = MIXING_POLICIES.get(s.mixing.policy).real_share(cell.factors["synthetic"], n_real=n_real,
                                                             batch_size=config.batch_size)
     return training_steps(config, n_real=n_real, real_share=share)
+
+
+def _cell_real_slices(plan: Plan, cell: Cell) -> int:
+    """The cell's real training slices as the plan models them (before loading any volume)."""
+    s = plan.study
+    per_subject = s.dataset.phantom.size // 2 if s.dataset.phantom else ASSUMED_SLICES
+    return per_subject * len(plan.splits.get(cell.fold, cell.repeat, cell.amount).train)
 
 
 def generator_seconds(job: GeneratorJob, pixels: int) -> float:
@@ -452,6 +461,36 @@ def cell_costs(plan: Plan) -> dict[str, tuple[float, float]]:
     gen = {key: generator_seconds(job, pixels) + RAY_START_SECONDS for key, job in plan.generator_jobs.items()}
     return {c.cell_id: (gen[c.generator_key] if c.generator_key else 0.0, _cell_steps(plan, c) * step + RAY_START_SECONDS)
             for c in plan.cells}
+
+
+def on_the_fly_problems(plan: Plan) -> list[str]:
+    """``mixing.source: on_the_fly`` cells whose generator family refuses the sampling their
+    training would need (its ``on_the_fly_problem``): the synthetic items drawn over the cell's
+    steps against the segmentation's own modelled time. The first such cell per generator."""
+    from synthmix.datasets.mixing import MIXING_POLICIES
+    from synthmix.trainers.generators import GENERATORS
+
+    s = plan.study
+    if s.mixing.source != "on_the_fly" or not plan.generator_jobs:
+        return []
+    pixels = _image_pixels(s, plan.data)
+    side = int(round(pixels ** 0.5))
+    _, batch = _budget(s.segmenter)
+    problems: dict[str, str] = {}
+    for cell in plan.cells:
+        job = plan.generator_jobs.get(cell.generator_key)
+        family = GENERATORS.get(job.name) if job else None
+        if family is None or family.on_the_fly_problem is None or job.key in problems:
+            continue
+        steps = _cell_steps(plan, cell)
+        share = MIXING_POLICIES.get(s.mixing.policy).real_share(cell.factors["synthetic"], n_real=_cell_real_slices(plan, cell),
+                                                              batch_size=batch)
+        draws = int(round(steps * batch * (1.0 - share)))
+        problem = family.on_the_fly_problem(family.config(job.config), (side, side), draws,
+                                            steps * _step_seconds("segmenter", batch, pixels))
+        if problem:
+            problems[job.key] = f"mixing.source: on_the_fly with generator {job.name} (cell {cell.cell_id}): {problem}"
+    return list(problems.values())
 
 
 def estimate(plan: Plan) -> dict:

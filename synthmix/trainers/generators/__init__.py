@@ -27,7 +27,11 @@ The contract. ``GENERATORS`` maps a name to a ``GeneratorFamily``:
 - declarations: ``uses_unlabelled`` (the study's unlabelled images reach it as
   ``data.unlabelled`` and become part of its generator key), ``needs_masks`` (a conditional
   family: shared code passes label maps to ``sample(..., masks=)``: the subset's own masks,
-  optionally transformed), ``cost(config, shape) -> seconds`` (one CPU core, for ``plan``).
+  optionally transformed), ``cost(config, shape) -> seconds`` (one CPU core, for ``plan``),
+  optionally ``on_the_fly_problem(config, shape, draws, budget_seconds) -> str | None``: why
+  sampling ``draws`` pairs during one segmentation training (``mixing.source: on_the_fly``)
+  that is modelled to take ``budget_seconds`` is refused by ``plan`` (a family whose sampling
+  is expensive, such as a diffusion model's many denoising steps), or None.
 
 What a family does not write, because shared code does it once (``flow.py``, ``session.py``,
 ``encoding.py``, ``artifact.py``, ``synthmix.trainers.synthetic``): the artifact (tensors +
@@ -72,6 +76,7 @@ class GeneratorFamily:
     uses_unlabelled: bool = False
     needs_masks: bool = False
     cost: Callable[[Any, tuple[int, int]], float] | None = None
+    on_the_fly_problem: Callable[[Any, tuple[int, int], int, float], str | None] | None = None
 
 
 GENERATORS: Registry[GeneratorFamily] = Registry("generator")

@@ -329,4 +329,5 @@ def load(config: DDPMConfig, encoding: JointEncoding, weights: dict | None, *, s
     return DiffusionSampler(unet, config, encoding, tuple(shape)).to(device).eval()
 
 
-FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost)
+FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost,
+                         on_the_fly_problem=on_the_fly_problem)
