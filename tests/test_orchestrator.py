@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from synthmix.datasets.splits import SplitPlan
 from synthmix.orchestrator.status import study_status
 from synthmix.orchestrator.store import StudyStore
 from synthmix.trainers.generators.artifact import GeneratorArtifact
+from test_generator_platform import plant_pickle
 from tiny_study import tiny_study_yaml
 
 
@@ -99,6 +101,22 @@ def test_killed_study_resumes_with_one_row_per_cell_and_no_retraining(tmp_path: 
                  rows.time_cell)]
     overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
     assert overlap <= 2
+
+    # A pickle planted as a generator's weights under the storage root: a resumed run that must
+    # draw a pool from it refuses it, naming the file, and never runs it; the report reads no
+    # weights at all (JSON and PNG only).
+    target = tmp_path / "pwned"
+    key = sorted(keys)[0]
+    plant_pickle(store.generator_dir(key) / "weights.pt", target)
+    shutil.rmtree(store.root / "artifacts" / "pools")
+    victim = next(c["cell_id"] for c in plan["cells"] if c["generator_key"] == key)
+    store.row_file(victim).unlink()
+    again = _synthmix("resume", "tiny", "--storage", str(tmp_path / "st"), cwd=tmp_path)
+    output = again.communicate(timeout=600)[0]
+    assert again.returncode != 0 and "weights.pt: not a tensor file" in output, output
+    assert victim in output and not target.exists()
+    assert main(["report", str(store.root), "--out", str(tmp_path / "report.html")]) == 0
+    assert not target.exists()
 
 
 @pytest.mark.slow

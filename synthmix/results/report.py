@@ -47,6 +47,7 @@ def write_report(source: str, out: str | Path, *, storage: str | None = None, me
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthmix report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # --out may name a new folder
     out.write_text(page)
     return out
 
