@@ -131,7 +131,7 @@ def run_on_ray_train(
     ``flow`` must be a module-level function (it is pickled to the workers) that returns a
     JSON-serialisable dict on every rank.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     # Ray Train's preemption watcher, one more actor process per training, only logs node drains
@@ -155,7 +155,15 @@ def run_on_ray_train(
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        cause = _worker_cause(err)
+        if cause is None:
+            raise
+        # Ray's wrapper starts with "Training failed due to worker errors:" and a truncated
+        # traceback; the cell's error (and the run's summary line) should be the worker's own.
+        raise cause from err
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name!r} ended without reporting a result")
     with result.checkpoint.as_directory() as directory:
@@ -163,3 +171,13 @@ def run_on_ray_train(
     if "diverged" in final:
         raise TrainingDiverged(final["diverged"])
     return final["result"]
+
+
+def _worker_cause(err: BaseException) -> BaseException | None:
+    """The exception the lowest failed rank raised (unwrapped from Ray's task error), if any."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        failure = failures[rank]
+        cause = getattr(failure, "cause", None)
+        return cause if isinstance(cause, BaseException) else failure
+    return None
