@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 run: setup
 	$(BIN)/synthmix run
 
+# Two test processes: the end-to-end tests spend most of their time waiting on Ray process
+# start-up, so two overlap well even on 2 cores (TEST_WORKERS=0 runs them in this process).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # Refresh the constraint file after changing dependencies (torch is left to TORCH_SPEC).
 lock: setup
