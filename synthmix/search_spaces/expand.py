@@ -14,6 +14,8 @@ Identity and seeds (DESIGN rules 5 and 6):
   family that learns from them), and the generator name, config, select, quality and masks
   settings. Cells that differ only in architecture, augmentation or synthetic level share a
   key; a key is one generator training (``Plan.generator_jobs``).
+- the classes level (factor ``classes``) is in neither key: a generator is trained on the
+  full label set and its pool serves every level, remapped when a cell trains.
 - the pool key hashes the generator key and the pool settings (``generator.pool``, the mixing
   source): a changed pool draws a new pool from the same trained generator (``Plan.pool_jobs``).
 
@@ -56,7 +58,7 @@ RAY_START_SECONDS = 15.0
 # slice count is known only after preprocessing).
 ASSUMED_SLICES = 100
 # Short prefixes that keep cell ids readable; other factors show their level alone.
-_ID_PREFIX = {"real_fraction": "rf", "real_count": "rc", "synthetic": "syn"}
+_ID_PREFIX = {"real_fraction": "rf", "real_count": "rc", "synthetic": "syn", "classes": "cls"}
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class Plan:
             "estimate": self.estimate,
             "data": self.data.to_dict() if self.data is not None else None,
             **({"tune": _tune_block(self)} if self.study.tune else {}),
+            # Factor classes: each level's lookup table (lut[old label] = new) and class names.
+            **({"classes": [c.to_dict() for c in self.study.classes]} if self.study.classes else {}),
         }
 
     def to_json(self) -> str:
