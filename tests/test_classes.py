@@ -29,6 +29,7 @@ factors:
   real_fraction: [1.0]
   synthetic: [0.5]
   architecture: [unet]
+  augmentation: [traditional]   # 002's offline copies: this test also runs that path of the flow
   classes: {7: identity, 4: {4: 0, 5: 0, 6: 0}, 2: {2: 1, 3: 1, 4: 0, 5: 0, 6: 0}}
 segmenter:
   network: {levels: 2, base_filters: 4}
@@ -129,8 +130,9 @@ def test_remapping_real_slices_and_synthetic_samples():
 
 @pytest.mark.slow
 def test_each_level_trains_and_reports_its_own_classes_from_one_generator(tmp_path: Path) -> None:
-    """3 cells (7, 4 and 2 classes) at +50% synthetic from one tiny generator, through a real
-    local Ray: one generator artifact and one pool; each row's per-class metrics are its level's."""
+    """3 cells (7, 4 and 2 classes) at +50% synthetic from one tiny generator, with offline
+    augmentation, through a real local Ray: one generator artifact and one pool; each row's
+    per-class metrics are its level's; each cell trained on its real slices and their copies."""
     from synthmix.orchestrator.study_run import run_study
     from synthmix.results.report import write_report
     from synthmix.results.store import read_results
@@ -148,6 +150,7 @@ def test_each_level_trains_and_reports_its_own_classes_from_one_generator(tmp_pa
         assert present == set(range(1, k)), (level, present)
         assert row["n_classes"] == k and len(json.loads(row["class_names"])) == k
         assert row["synthetic_draws"] > 0 and len({r for r in rows["generator_key"]}) == 1
+        assert row["n_augmented_slices"] == row["n_train_slices"] > 0  # offline: one copy per real slice
     assert json.loads(rows.loc[2, "class_names"])[1] == "necrotic core+oedema+enhancing rim"
     page = write_report(str(store.root), tmp_path / "report.html").read_text()
     assert "Per class, by classes level" in page and "necrotic core+oedema+enhancing rim" in page

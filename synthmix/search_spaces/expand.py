@@ -418,10 +418,19 @@ def _cell_steps(plan: Plan, cell: Cell) -> int:
 
     config = build_segmentation_config(s.segmenter_config(cell.factors.get("architecture", "unet"),
                                                           cell.factors.get("augmentation", "none")))
+    from synthmix.trainers.augmentation import build_augmentation
+
     per_subject = s.dataset.phantom.size // 2 if s.dataset.phantom else ASSUMED_SLICES
     n_real = per_subject * len(plan.splits.get(cell.fold, cell.repeat, cell.amount).train)
-    share = MIXING_POLICIES.get(s.mixing.policy).real_share(cell.factors["synthetic"], n_real=n_real,
-                                                            batch_size=config.batch_size)
+    policy, level = MIXING_POLICIES.get(s.mixing.policy), cell.factors["synthetic"]
+    share = policy.real_share(level, n_real=n_real, batch_size=config.batch_size)
+    offline = build_augmentation(config.augmentation, config.augmentation_params)
+    if getattr(offline, "offline", False):  # its copies are real draws; an additive level counts the originals
+        n_all = n_real * (1 + offline.copies)
+        if s.mixing.policy == "additive" and not policy.amount(level)[1]:
+            m = round(policy.amount(level)[0] * n_real)
+            share = n_all / (n_all + m)
+        n_real = n_all
     return training_steps(config, n_real=n_real, real_share=share)
 
 

@@ -488,6 +488,9 @@ def _factors(raw: Any, mixing: MixingSection, problems: _Problems) -> dict:
                 parsed.append(parse(level))
             except ValueError as err:
                 problems.add(f"{path}[{i}]", str(err))
+        if name == "synthetic" and len({isinstance(v, str) for v in parsed}) > 1:
+            problems.add(path, "mixes numbers and quoted levels, which would give the results a column of two "
+                         f"types; quote every level (e.g. [\"0\", \"0.5\", \"1 only\"]) or none")
         dupes = sorted({str(v) for v in parsed if parsed.count(v) > 1})
         if dupes:
             problems.add(path, f"duplicate levels: {', '.join(dupes)}")
