@@ -27,7 +27,7 @@ dataset:
 split: {test: 0.25, val: 0.25, repeats: 1}
 factors:
   real_fraction: [1.0]
-  synthetic: [0.5]
+  synthetic: [1.0]
   architecture: [unet]
   augmentation: [traditional]   # 002's offline copies: this test also runs that path of the flow
   classes: {7: identity, 4: {4: 0, 5: 0, 6: 0}, 2: {2: 1, 3: 1, 4: 0, 5: 0, 6: 0}}
@@ -35,13 +35,13 @@ segmenter:
   network: {levels: 2, base_filters: 4}
   loss: weighted_dice
   batch_size: 4
-  max_steps: 4
-  val_every: 4
-  checkpoint_every: 4
+  max_steps: 6        # 24 draws at a synthetic share of 1/3: some are synthetic (but for 6e-5)
+  val_every: 6
+  checkpoint_every: 6
 generator:
   name: dcgan_wgangp
   config: {base_filters: 8, latent_dim: 16, batch_size: 8, steps: 2, checkpoint_every: 2}
-  pool: {size: 32}
+  pool: {size: 64}    # +100% of 4 subjects x 16 slices
   quality: {samples: 16, reference_steps: 2}
 mixing: {policy: additive, source: pool}
 """
@@ -95,7 +95,7 @@ def test_a_manifest_without_a_known_label_count_is_refused(tmp_path):
 
 
 def test_one_generator_key_and_one_pool_serve_every_level():
-    study = validate_study(_raw(real_fraction=[0.5, 1.0], synthetic=[0, 0.5]))
+    study = validate_study(_raw(real_fraction=[0.5, 1.0], synthetic=[0, 1.0]))
     plan = expand_cells(study, build_split_plan(study, [f"sub-{i:03d}" for i in range(8)]),
                         dataset_fingerprint="x", manifest=Path("m.csv"))
     assert len(plan.cells) == 2 * 2 * 3
@@ -130,7 +130,7 @@ def test_remapping_real_slices_and_synthetic_samples():
 
 @pytest.mark.slow
 def test_each_level_trains_and_reports_its_own_classes_from_one_generator(tmp_path: Path) -> None:
-    """3 cells (7, 4 and 2 classes) at +50% synthetic from one tiny generator, with offline
+    """3 cells (7, 4 and 2 classes) at +100% synthetic from one tiny generator, with offline
     augmentation, through a real local Ray: one generator artifact and one pool; each row's
     per-class metrics are its level's; each cell trained on its real slices and their copies."""
     from synthmix.orchestrator.study_run import run_study
