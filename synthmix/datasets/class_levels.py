@@ -78,6 +78,10 @@ def dataset_label_count(dataset: Any) -> int | None:
     return dataset.phantom.classes if dataset.phantom else None
 
 
+def dataset_class_names_default(count: int) -> tuple[str, ...]:
+    return ("background", *(f"class {c}" for c in range(1, count)))
+
+
 def dataset_class_names(dataset: Any, count: int) -> tuple[str, ...]:
     """The phantom's class names (unless preprocess remaps them), else ``class <c>``."""
     pre = dataset.preprocess or {}
@@ -125,10 +129,6 @@ def parse_class_levels(raw: Any, *, count: int | None, names: tuple[str, ...] | 
     texts = [str(lv.name) for lv in levels]
     problems += [f"{path}: two levels print the same ({t!r})" for t in sorted({t for t in texts if texts.count(t) > 1})]
     return tuple(levels), problems
-
-
-def dataset_class_names_default(count: int) -> tuple[str, ...]:
-    return ("background", *(f"class {c}" for c in range(1, count)))
 
 
 def _one_level(level: Any, spec: Any, count: int, names: tuple[str, ...], where: str) -> ClassLevel | list[str]:

@@ -22,9 +22,11 @@ A fully commented example (every section; defaults noted)::
     factors:                       # ordered; the grid is their full factorial x folds x repeats
       real_fraction: [0.5, 1.0]    # nested shares of the training pool, in (0, 1]
       # real_count: [1, 3, 6]      # or nested numbers of labelled training subjects
-      synthetic: [0, 1.0]          # read by mixing.policy (additive: +100% synthetic)
+      synthetic: [0, 1.0]          # read by mixing.policy (additive: +100% synthetic; quoted
+                                   # levels such as ["0", "1 only"]: "1 only" = synthetic only)
       architecture: [unet]         # synthmix.trainers.networks.NETWORKS names
-      augmentation: [none]         # AUGMENTATIONS names (default [none])
+      augmentation: [none]         # AUGMENTATIONS names (default [none]); traditional: 002's
+                                   # offline copies, one per real training slice
       # generator: [dcgan_wgangp]  # optional factor; then generator.configs per name
       # classes: {7: identity, 4: {4: 0, 5: 0, 6: 0}}  # optional: named remappings of the
                                    # dataset's labels (synthmix.datasets.class_levels); one
@@ -41,6 +43,7 @@ A fully commented example (every section; defaults noted)::
       # networks: {unet: {levels: 3}, uresnet: {levels: 3, num_res_units: 2}}
       # augmentation_params: {intensity_shift_std: 0.02}   # over every augmentation level's defaults
       # augmentations: {standard: {translate_std_px: 5}}   # per level, over augmentation_params
+      # detection: {min_false_positive_px: 200, min_dice: 0.25}   # 002's thresholded precision/recall
     generator:                     # required when some synthetic level uses synthetic data
       name: dcgan_wgangp           # a GENERATORS name
       config: {steps: 40}          # that family's own options (not seed: derived)
