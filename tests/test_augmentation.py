@@ -23,7 +23,7 @@ def _batch(n=4, size=32, k=4, seed=0):
 
 def test_registry_names():
     assert set(AUGMENTATIONS.names()) == {"none", "flip", "rotate", "translate", "intensity", "elastic",
-                                          "standard"}
+                                          "standard", "traditional"}
 
 
 def test_none_is_identity():

@@ -50,8 +50,8 @@ IMPOSSIBLE = {
         "the volume of shape 45x37x6"),
     "a pool smaller than an additive level draws": (
         "resize: [48, 40], patch_size: 32, patch_stride: 16", {"pool_size": 90},
-        "generator.pool.size: 90 is too small: the additive level 1 of the largest training subset "
-        "(96 real patches) draws 96 distinct synthetic samples; set it to at least 96"),
+        "generator.pool.size: 90 is too small: the additive level 1 of a training subset of "
+        "96 real patches draws 96 distinct synthetic samples; set it to at least 96"),
     "a sliding window option without sliding windows": (
         "resize: 32", {"segmenter": "window_size: 16"},
         "segmenter.window_size: only with inference: sliding_window"),

@@ -68,6 +68,25 @@ def test_realised_proportions_from_a_pool(policy, level, p, limit):
         assert len(set(values[values < 0])) == limit
 
 
+def test_additive_synthetic_only_level_and_a_base_count():
+    """'1 only' (004's synthetic-only instance): as many pool samples as real slices, no real draw.
+    ``base``: an offline augmentation's copies are drawn as real but do not raise the amount."""
+    additive = MIXING_POLICIES.get("additive")
+    assert additive.parse("1 only") == "1 only" and additive.parse("0.50") == "0.5" and additive.parse("0") == "0"
+    assert additive.uses_synthetic("1 only") and not additive.uses_synthetic("0")
+    assert additive.real_share("1 only", n_real=40, batch_size=16) == 0
+    with pytest.raises(ValueError, match="'X only'"):
+        additive.parse("0 only")
+    values = _draw(additive.build_sampler("1 only", real=_real(), synthetic=_pool(), batch_size=16))
+    assert (values < 0).all() and set((-values).astype(int)) == set(range(1, N_REAL + 1))
+    doubled = _real()  # stands for 20 real slices and their 20 offline copies
+    sampler = additive.build_sampler(1.0, real=doubled, synthetic=_pool(), batch_size=16, base=N_REAL // 2)
+    values = _draw(sampler)
+    _assert_proportion(values, 20 / 60)  # 40 "real" items and 20 synthetic ones
+    _assert_sources(values, N_REAL // 2)
+    assert sampler.real_share == pytest.approx(40 / 60)
+
+
 def test_minibatch_composition_is_exact():
     sampler = MIXING_POLICIES.get("minibatch").build_sampler("8-8", real=_real(), synthetic=_pool(), batch_size=16)
     rng = np.random.default_rng(1)
@@ -119,7 +138,7 @@ def test_too_small_a_pool_is_named():
 
 @pytest.mark.parametrize("policy, level, message", [
     ("additive", -0.5, "negative"),
-    ("additive", "lots", "not a number"),
+    ("additive", "lots", "not an additive amount"),
     ("probability", 6001, "quote ratios"),
     ("probability", "ten:one", "not a real:synthetic ratio"),
     ("probability", "0:0", "not a real:synthetic ratio"),

@@ -14,7 +14,8 @@ from synthmix.search_spaces.presets import preset_header, preset_names, preset_p
 
 # (cells, generator trainings) each preset's header promises.
 EXPECTED = {"quickstart": (12, 6), "bowles2018-table2": (144, 24), "neff2018": (18, 3),
-            "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3)}
+            "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3), "lcgan2019": (12, 3),
+            "brats-two-stage": (21, 2)}
 
 
 def test_the_required_presets_ship():
@@ -73,3 +74,22 @@ def test_plan_rejects_a_bad_study_and_launches_nothing(capsys, tmp_path):
     assert "factors.real_fraction[1]: 1.5 is outside (0, 1]" in err
     assert "factors.architecture[1]: unknown architecture 'vit'" in err
     assert str(bad) in err and not data_root.exists()
+
+
+@pytest.mark.parametrize("name, unit", [("lcgan2019", 12), ("brats-two-stage", 21)])
+def test_paper_presets_plan_whole_designs(name, unit, capsys, tmp_path):
+    """002's 3 fractions x {none, GAN, traditional, both} and 004's 7 (real, synthetic) instances
+    x 3 classes levels: `synthmix plan --format json` (on the phantom it writes) gives whole
+    multiples of them, with one generator per subset shared by every level of the other factors."""
+    assert main(["plan", name, "--format", "json", "--data-root", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    counts = data["counts"]
+    assert counts["cells"] % unit == 0 and counts["cells"] >= unit
+    keys = {c["generator_key"] for c in data["cells"] if c["generator_key"]}
+    assert len(keys) == counts["generator_trainings"] == len(data["levels"]["real_fraction"])
+    if name == "brats-two-stage":
+        assert [c["num_classes"] for c in data["classes"]] == [7, 4, 2]
+        per_key = {k: {c["classes"] for c in data["cells"] if c["generator_key"] == k} for k in keys}
+        assert all(levels == {7, 4, 2} for levels in per_key.values())  # one generator serves every level
+    else:
+        assert "model selection over training lengths is not yet available" in " ".join(preset_header(name).split())

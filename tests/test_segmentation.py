@@ -322,6 +322,21 @@ def test_per_slice_metrics_in_the_result(data):
     assert "slice_dice_mean" in result.metrics and "dice_mean" in result.metrics
 
 
+def test_detection_thresholded_metrics_are_an_option_of_the_test_evaluation(data):
+    """002's detection precision and recall (metrics.DetectionThresholds) on request only."""
+    config = tiny_config(max_steps=5, val_every=5, checkpoint_every=5, detection={"min_false_positive_px": 3})
+    metrics = train_segmentation(config, data, LocalContext()).metrics
+    assert {"det_precision_mean", "det_recall_mean", "det_tp_1", "det_fp_2", "det_fn_1"} <= set(metrics)
+    assert 0 <= metrics["det_precision_1"] <= 1 and "det_tp_1" in metrics["per_subject"][0]
+    plain = train_segmentation(tiny_config(max_steps=5, val_every=5, checkpoint_every=5), data, LocalContext())
+    assert not any(k.startswith("det_") for k in plain.metrics)
+    with pytest.raises(StudyError) as err:
+        build_segmentation_config({"detection": {"min_dice": 2, "size": 1}})
+    assert "detection: unknown key(s) ['size']" in str(err.value)
+    with pytest.raises(StudyError, match="detection: min_dice must be in"):
+        build_segmentation_config({"detection": {"min_dice": 2}})
+
+
 def test_invalid_config_object_fails_before_training(data):
     with pytest.raises(StudyError, match="lr"):
         train_segmentation(tiny_config(lr=-1.0), data, LocalContext())

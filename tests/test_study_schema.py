@@ -104,6 +104,8 @@ def test_phantom_classes_include_004s_seven():
     ("segmenter", {"batch_size": 8, "budget": {"epochs": 3}}, "segmenter.budget: must be {epochs_real: E}"),
     ("resources", {"workers": 3}, "segmenter.batch_size: 8 is the global batch and must split evenly over "
                                   "resources.workers=3"),
+    ("factors.synthetic", [0, "1 only"], "factors.synthetic: mixes numbers and quoted levels"),
+    ("factors.synthetic", ["0", "0 only"], "factors.synthetic[1]: '0 only' is not an additive amount"),
 ])
 def test_invalid_studies_name_the_field(path, value, expected):
     raw = copy.deepcopy(BASE)

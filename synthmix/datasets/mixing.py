@@ -9,7 +9,7 @@
 - ``uses_synthetic(level)`` -> whether a cell at this level needs a generator at all;
 - ``real_share(level, *, n_real, batch_size)`` -> the expected share of real items per draw
   (what a budget counted in real exposures divides by; 0 for synthetic-only levels);
-- ``build_sampler(level, *, real, synthetic, batch_size, draw="fixed")`` -> a ``BatchSampler``
+- ``build_sampler(level, *, real, synthetic, batch_size, draw="fixed", base=None)`` -> a ``BatchSampler``
   (``sample(batch_size, rng) -> (images (B,C,H,W) float32, labels (B,H,W) int64)``, with
   ``real_share`` and ``last_draws`` = (real, synthetic) items of the latest batch); calling the
   policy object does the same.
@@ -17,6 +17,7 @@
 | policy | level | each draw |
 | --- | --- | --- |
 | additive | 0.5 = +50% synthetic | uniform over real ∪ the first m = round(level * n_real) pool samples |
+| additive | "1 only" = synthetic only | from the first m = round(level * n_real) pool samples, no real draw |
 | probability | "100:1" real:synthetic | synthetic with probability 1/101, uniform over the whole pool |
 | minibatch | "8-8" real-generated | exactly 8 real and 8 synthetic per batch |
 | count | 500 synthetic samples | uniform over real ∪ the first 500 pool samples |
@@ -33,6 +34,11 @@
 ``synthetic`` is a fixed ``SyntheticPool`` (pool source) or a callable ``generate(n, rng) ->
 (images, labels)`` (on-the-fly source: every synthetic draw is a fresh sample, the pool is
 effectively infinite, so a level's proportion of synthetic draws is kept but no prefix applies).
+
+``base`` is the number of real slices a level relative to the real data counts (additive;
+default ``len(real)``): an offline augmentation (``trainers.offline_augmentation``) adds
+transformed copies of the real slices to ``real``, which are drawn as real data but do not
+raise the synthetic amount, so 002's {none, GAN, traditional, both} hold N, 2N, 2N and 3N items.
 
 Real draws always go through the segmentation trainer's ``RealSampler`` so that a baseline cell
 and a mixed cell see real data the same way; drawing "uniformly over real ∪ synthetic" is done as
@@ -243,24 +249,51 @@ class _Policy:
 
 class Additive(_Policy):
     name = "additive"
-    meaning = "extra synthetic samples as a fraction of the real ones (0.5 = +50%)"
+    meaning = ("extra synthetic samples as a fraction of the real ones (0.5 = +50%); '1 only': as many "
+               "synthetic samples as real ones, and no real one (004's synthetic-only instance)")
+    ONLY = " only"
 
-    def parse(self, level: Any) -> float:
-        return float(_number(level, "an additive synthetic amount"))
+    def parse(self, level: Any) -> float | str:
+        """A number stays a float; a quoted level ("0.5", "1 only") stays text, canonical, so a
+        study whose levels include an 'only' one quotes them all and its results column has one
+        type (the schema asks for that)."""
+        if not isinstance(level, str):
+            return float(_number(level, "an additive synthetic amount"))
+        text = level.strip()
+        only = text.endswith(self.ONLY.strip())
+        try:
+            value = float(text[:-len(self.ONLY.strip())] if only else text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (only and value == 0):
+            raise ValueError(f"{level!r} is not an additive amount: a number (0.5 = +50%) or 'X only' "
+                             "(X times the real slices, synthetic only), e.g. '1 only'")
+        return f"{_fmt(value)}{self.ONLY}" if only else _fmt(value)
+
+    def amount(self, level: Any) -> tuple[float, bool]:
+        """(the synthetic amount relative to the real slices, whether real data is left out)."""
+        parsed = self.parse(level)
+        if isinstance(parsed, str):
+            only = parsed.endswith(self.ONLY)
+            return float(parsed[:-len(self.ONLY)] if only else parsed), only
+        return parsed, False
 
     def uses_synthetic(self, level: Any) -> bool:
-        return self.parse(level) > 0
+        return self.amount(level)[0] > 0
 
     def _p_synthetic(self, level: Any, n_real: int) -> float:
-        m = round(self.parse(level) * n_real)
-        return m / (n_real + m)
+        value, only = self.amount(level)
+        m = round(value * n_real)
+        return 1.0 if only else m / (n_real + m)
 
     def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
-                      draw: str = "fixed") -> BatchSampler:
-        m = round(self.parse(level) * len(real))
-        if self.parse(level) > 0 and m == 0:
-            raise DataError(f"mixing: additive level {level!r} of {len(real)} real slices rounds to 0 samples")
-        return self._bernoulli(real, synthetic, m, m / (len(real) + m), level, draw)
+                      draw: str = "fixed", base: int | None = None) -> BatchSampler:
+        value, only = self.amount(level)
+        n = len(real) if base is None else base
+        m = round(value * n)
+        if value > 0 and m == 0:
+            raise DataError(f"mixing: additive level {level!r} of {n} real slices rounds to 0 samples")
+        return self._bernoulli(real, synthetic, m, 1.0 if only else m / (len(real) + m), level, draw)
 
 
 class Probability(_Policy):
@@ -293,7 +326,7 @@ class Probability(_Policy):
         return self.p_synthetic(level)
 
     def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
-                      draw: str = "fixed") -> BatchSampler:
+                      draw: str = "fixed", base: int | None = None) -> BatchSampler:
         # Every synthetic draw is uniform over the whole pool already: draw changes nothing.
         return self._bernoulli(real, synthetic, None, self.p_synthetic(level), level)
 
@@ -328,7 +361,7 @@ class Minibatch(_Policy):
         return real / (real + syn)
 
     def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
-                      draw: str = "fixed") -> BatchSampler:
+                      draw: str = "fixed", base: int | None = None) -> BatchSampler:
         n_real, n_syn = self.composition(level)
         if n_real + n_syn != batch_size:
             raise ValueError(f"minibatch {level!r} does not add up to the batch size {batch_size}")
@@ -354,7 +387,7 @@ class Count(_Policy):
         return c / (n_real + c)
 
     def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
-                      draw: str = "fixed") -> BatchSampler:
+                      draw: str = "fixed", base: int | None = None) -> BatchSampler:
         c = self.parse(level)
         return self._bernoulli(real, synthetic, c, c / (len(real) + c), level, draw)
 
@@ -379,7 +412,7 @@ class SyntheticOnly(_Policy):
         return 1.0 if self.parse(level) else 0.0
 
     def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
-                      draw: str = "fixed") -> BatchSampler:
+                      draw: str = "fixed", base: int | None = None) -> BatchSampler:
         # The level is the number of distinct samples; "fresh" would make every level the same
         # (the schema refuses it).
         n = self.parse(level)
@@ -405,6 +438,7 @@ class MixingSpec:
     pool_size: int | None = None
     draw: str = "fixed"
 
-    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int) -> BatchSampler:
+    def build_sampler(self, level: Any, *, real: SliceSet, synthetic: Synthetic, batch_size: int,
+                      base: int | None = None) -> BatchSampler:
         return MIXING_POLICIES.get(self.policy).build_sampler(level, real=real, synthetic=synthetic,
-                                                              batch_size=batch_size, draw=self.draw)
+                                                              batch_size=batch_size, draw=self.draw, base=base)

@@ -134,28 +134,47 @@ def _synthetic_source(spec: CellSpec, train, device):
 
 
 def segmentation_flow(args: dict, context) -> dict:
-    """Train and evaluate one cell's segmentation network on real (+ synthetic) data."""
+    """Train and evaluate one cell's segmentation network on real (+ synthetic) data, with
+    every label remapped to the cell's classes level (factor ``classes``) when it has one."""
     if sleep_trainer.table() is not None:  # test-only, see sleep_trainer
         return sleep_trainer.segmentation_flow(args, context)
+    from synthmix.datasets.class_levels import ClassLevel, remap_slices, remap_synthetic
     from synthmix.datasets.mixing import MIXING_POLICIES
+    from synthmix.trainers.augmentation import build_augmentation
     from synthmix.trainers.segmentation import SegmentationData, build_segmentation_config, train_segmentation
 
     spec = _spec(args)
-    train, load = _data(spec)
-    val = load(spec.split.val)
+    full_train, load = _data(spec)
+    level = ClassLevel.from_dict(spec.classes) if spec.classes else None
+
+    def at_level(slices, what: str):
+        return remap_slices(slices, level, what) if level is not None else slices
+
+    train = at_level(full_train, "the real training data")
+    val = at_level(load(spec.split.val), "the validation data")
     # A tuning trial (score: validation) is evaluated on the validation subjects and loads no
     # test subject (rule 4).
-    test = val if args.get("score") == "validation" else load(spec.split.test)
+    test = val if args.get("score") == "validation" else at_level(load(spec.split.test), "the test data")
     config = build_segmentation_config(spec.segmenter)
-    synthetic, available = _synthetic_source(spec, train, context.device)
+    # The generator and its pool hold the full label set (one key serves every classes level):
+    # clean-up references the full labels, then the samples are remapped like the real data.
+    synthetic, available = _synthetic_source(spec, full_train, context.device)
+    if level is not None:
+        synthetic = remap_synthetic(synthetic, level)
+    n_real = len(train)
+    offline = build_augmentation(config.augmentation, config.augmentation_params)
+    if getattr(offline, "offline", False):  # 002's traditional: copies of the real slices, made once
+        train = offline.expand(train, seed=config.seed)
     sampler = MIXING_POLICIES.get(spec.mixing["policy"]).build_sampler(
         spec.cell.factors["synthetic"], real=train, synthetic=synthetic, batch_size=config.batch_size,
-        draw=spec.mixing.get("draw", "fixed"))
+        draw=spec.mixing.get("draw", "fixed"), base=n_real)
     result = train_segmentation(config, SegmentationData(train=train, val=val, test=test, sampler=sampler), context)
     metrics = {k: v for k, v in result.metrics.items() if k != "per_subject"}
     return {"metrics": {**metrics, "best_step": result.best_step, "steps_done": result.steps_done},
-            "timings": result.timings, "n_train_slices": len(train), "n_synthetic_available": available,
+            "timings": result.timings, "n_train_slices": n_real, "n_augmented_slices": len(train) - n_real,
+            "n_synthetic_available": available,
             "real_draws": result.real_draws, "synthetic_draws": result.synthetic_draws,
+            "n_classes": train.num_classes, "class_names": list(level.names) if level is not None else None,
             "per_subject": result.metrics["per_subject"],
             "subject_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)), list(spec.split.test))}
 
@@ -222,7 +241,9 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
             "n_test_subjects": len(spec.split.test), "n_pool_subjects": spec.split.n_pool,
             "n_train_slices": seg["n_train_slices"], "n_synthetic_available": seg["n_synthetic_available"],
             "pool_drawn": pool_info.get("drawn", 0), "pool_kept": pool_info.get("kept", 0),
-            "real_draws": seg["real_draws"], "synthetic_draws": seg["synthetic_draws"]}
+            "real_draws": seg["real_draws"], "synthetic_draws": seg["synthetic_draws"],
+            "n_classes": seg.get("n_classes"), "class_names": seg.get("class_names"),
+            "n_augmented_slices": seg.get("n_augmented_slices", 0)}
     row = build_row(study=spec.study, cell=spec.cell.to_dict(), factors=list(spec.factors), mixing=spec.mixing,
                     data=data, metrics=seg["metrics"], generator=_flat_quality(quality), timings=timings)
     if score == "test":  # a tuning trial's scores are its own record (synthmix.orchestrator.tuning)

@@ -13,7 +13,11 @@ Schema version 1, one row per cell, columns:
   samples the policy may draw; -1 for on-the-fly sampling, 0 without a generator),
   ``pool_drawn`` / ``pool_kept`` (the pool's samples before and after clean-up and filters),
   ``mixing_draw`` (fixed | fresh), ``real_draws`` and ``synthetic_draws`` (training items
-  actually drawn from each, over all workers)
+  actually drawn from each, over all workers), ``n_augmented_slices`` (an offline
+  augmentation's transformed copies of the real slices, with ``traditional``),
+  ``n_classes`` (the classes the cell trained
+  on, background included), ``class_names`` (JSON list, with factor ``classes``: the level's
+  names; ``dice_<c>`` etc. are class c of that list)
 - metrics on the test subjects (means over subjects): ``dice_mean``, ``dice_<c>``, ``hd95_mean``,
   ``hd95_<c>``, ``hd_mean``, ``hd_<c>``, ``iou_*``, ``precision_*``, ``recall_*``;
   ``best_step``, ``steps_done``
@@ -73,6 +77,12 @@ def build_row(*, study: str, cell: dict, factors: list[str], mixing: dict, data:
                n_synthetic_available=data["n_synthetic_available"],
                pool_drawn=data.get("pool_drawn", 0), pool_kept=data.get("pool_kept", 0),
                real_draws=int(data.get("real_draws", 0)), synthetic_draws=int(data.get("synthetic_draws", 0)))
+    if data.get("n_augmented_slices"):  # an offline augmentation's copies of the real slices
+        row["n_augmented_slices"] = int(data["n_augmented_slices"])
+    if data.get("n_classes"):
+        row["n_classes"] = int(data["n_classes"])
+    if data.get("class_names"):  # factor classes: the level's class names, dice_<c> is class c
+        row["class_names"] = json.dumps(list(data["class_names"]))
     row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     row["generator_key"] = cell.get("generator_key") or ""
     row["pool_key"] = cell.get("pool_key") or ""

@@ -46,6 +46,7 @@ class CellSpec:
     scaling: dict
     max_failures: int
     plugins: tuple[str, ...] = ()
+    classes: dict | None = None  # factor classes: the cell's ClassLevel.to_dict(), else None
 
     @property
     def cell_id(self) -> str:
@@ -71,6 +72,11 @@ def _tuples(cls, d: dict):
     return cls(**{k: tuple(v) if k in names else v for k, v in d.items()})
 
 
+def _class_level(study: Study, cell: Cell) -> dict | None:
+    level = study.class_level(cell.factors["classes"]) if "classes" in cell.factors else None
+    return level.to_dict() if level is not None else None
+
+
 def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> list[CellSpec]:
     """One spec per cell of ``cells`` (cells of ``plan``)."""
     r = study.resources
@@ -91,5 +97,6 @@ def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> 
             pool=plan.pool_jobs.get(c.pool_key) if c.pool_key else None,
             segmenter=segmenter, mixing={"policy": study.mixing.policy, "source": study.mixing.source,
                                          "draw": study.mixing.draw},
-            scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins)))
+            scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins),
+            classes=_class_level(study, c)))
     return specs

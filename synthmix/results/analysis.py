@@ -75,7 +75,8 @@ class Analysis:
                 record["baseline"] = True
             else:
                 record["baseline"] = False
-                record.update({c: _plain(row[c]) for c in COMPARISON_COLUMNS})
+                # A study without a baseline level (every cell uses synthetic data) has no comparison columns.
+                record.update({c: _plain(row.get(c)) for c in COMPARISON_COLUMNS})
                 for count in ("baseline_n", "n_pairs"):
                     record[count] = None if record[count] is None else int(record[count])
                 record["alpha"] = self.alpha

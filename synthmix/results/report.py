@@ -41,7 +41,7 @@ def write_report(source: str, out: str | Path, *, storage: str | None = None, me
     fs, folder = resolve_source(source, storage)
     sections = [f"<h1>synthmix study {html.escape(_study_name(results, source))}</h1>",
                 _summary(results), "<h2>Results</h2>", f"<pre>{html.escape(render(analysis, 'table'))}</pre>",
-                _comparisons(analysis), _plots(analysis),
+                _comparisons(analysis), _plots(analysis), _classes(results),
                 _subjects(source, storage, metric=metric, correction=correction, alpha=alpha, baseline=baseline),
                 _tuning(fs, folder), _generators(fs, folder), _failures(results)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthmix report</title>"
@@ -74,6 +74,30 @@ def _comparisons(analysis) -> str:
     notes = "".join(f"<li>{html.escape(line)}</li>" for line in footer(analysis))
     return (f"<h3>Comparisons with the baseline</h3>{records[keep].to_html(index=False, float_format='%.4g')}"
             f"<ul>{notes}</ul>")
+
+
+def _classes(results) -> str:
+    """Factor ``classes``: per level, the mean test Dice of each of its own classes (named as
+    the level names them), per combination of the other factors."""
+    rows = results.rows
+    if "classes" not in results.factors or "class_names" not in rows or rows.empty:
+        return ""
+    others = [f for f in results.factors if f != "classes" and f in rows and rows[f].nunique() > 1]
+    parts = ["<h2>Per class, by classes level</h2>"]
+    for level in dict.fromkeys(rows["classes"].tolist()):
+        at = rows.loc[rows["classes"] == level]
+        names = json.loads(at["class_names"].dropna().iloc[0]) if at["class_names"].notna().any() else []
+        columns = {f"dice_{c}": name for c, name in enumerate(names) if c and f"dice_{c}" in at}
+        if not columns:
+            continue
+        table = (at.groupby(others, sort=False)[list(columns)].mean() if others else at[list(columns)].mean().to_frame().T)
+        table = table.rename(columns=columns)
+        table.insert(0, "n", at.groupby(others, sort=False).size() if others else len(at))
+        parts.append(f"<h3>classes {html.escape(str(level))}: {len(names)} classes</h3>"
+                     f"{table.to_html(float_format='%.4g')}")
+    parts.append("<p>Test Dice per class (mean over the cells' rows); each level trains, validates and tests "
+                 "on its own remapping of the dataset's labels, from one generator per subset.</p>")
+    return "".join(parts)
 
 
 def _png(path: Path) -> str:

@@ -167,17 +167,28 @@ def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int],
     from synthmix.datasets.mixing import MIXING_POLICIES
     if study.mixing.policy != "additive" or study.mixing.source != "pool" or study.generator is None:
         return []
-    policy = MIXING_POLICIES.get("additive")
-    top = max((policy.parse(v) for v in study.factors.get("synthetic", ())), default=0)
-    if top <= 0 or config.skip_empty:  # skip_empty: the count needs the labels; the run checks it
+    from synthmix.search_spaces.expand import grid
+
+    if config.skip_empty:  # the count needs the labels; the run checks it
         return []
-    real = max(_training_samples(config, size, depth, s.train) for s in splits)
-    need = round(top * real)
+    policy, real_factor = MIXING_POLICIES.get("additive"), study.real_factor
+    # Per real amount, the largest level any cell of the grid (exclusions removed) uses with it.
+    tops: dict = {}
+    for combo in grid(study):
+        tops[combo[real_factor]] = max(tops.get(combo[real_factor], 0.0), policy.amount(combo["synthetic"])[0])
+    worst = None
+    for s in splits:
+        top = tops.get(s.amount, 0.0)
+        if top > 0:
+            real = _training_samples(config, size, depth, s.train)
+            if worst is None or round(top * real) > worst[0]:
+                worst = (round(top * real), top, real)
     pool = study.generator.pool.get("size", POOL_SIZE)
-    if isinstance(pool, int) and pool < need:
+    if worst is not None and isinstance(pool, int) and pool < worst[0]:
+        need, top, real = worst
         what = "patches" if config.patch_size else "slices"
-        return [f"generator.pool.size: {pool} is too small: the additive level {top:g} of the largest training "
-                f"subset ({real} real {what}) draws {need} distinct synthetic samples; set it to at least {need}"]
+        return [f"generator.pool.size: {pool} is too small: the additive level {top:g} of a training subset of "
+                f"{real} real {what} draws {need} distinct synthetic samples; set it to at least {need}"]
     return []
 
 

@@ -14,6 +14,8 @@ Identity and seeds (DESIGN rules 5 and 6):
   family that learns from them), and the generator name, config, select, quality and masks
   settings. Cells that differ only in architecture, augmentation or synthetic level share a
   key; a key is one generator training (``Plan.generator_jobs``).
+- the classes level (factor ``classes``) is in neither key: a generator is trained on the
+  full label set and its pool serves every level, remapped when a cell trains.
 - the pool key hashes the generator key and the pool settings (``generator.pool``, the mixing
   source): a changed pool draws a new pool from the same trained generator (``Plan.pool_jobs``).
 
@@ -56,7 +58,7 @@ RAY_START_SECONDS = 15.0
 # slice count is known only after preprocessing).
 ASSUMED_SLICES = 100
 # Short prefixes that keep cell ids readable; other factors show their level alone.
-_ID_PREFIX = {"real_fraction": "rf", "real_count": "rc", "synthetic": "syn"}
+_ID_PREFIX = {"real_fraction": "rf", "real_count": "rc", "synthetic": "syn", "classes": "cls"}
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class Plan:
             "estimate": self.estimate,
             "data": self.data.to_dict() if self.data is not None else None,
             **({"tune": _tune_block(self)} if self.study.tune else {}),
+            # Factor classes: each level's lookup table (lut[old label] = new) and class names.
+            **({"classes": [c.to_dict() for c in self.study.classes]} if self.study.classes else {}),
         }
 
     def to_json(self) -> str:
@@ -413,13 +417,21 @@ def _cell_steps(plan: Plan, cell: Cell) -> int:
     if not s.segmenter.get("budget"):
         return _budget(s.segmenter)[0]
     from synthmix.datasets.mixing import MIXING_POLICIES
+    from synthmix.trainers.augmentation import build_augmentation
     from synthmix.trainers.segmentation import build_segmentation_config, training_steps
 
     config = build_segmentation_config(s.segmenter_config(cell.factors.get("architecture", "unet"),
                                                           cell.factors.get("augmentation", "none")))
     n_real = _cell_real_slices(plan, cell)
-    share = MIXING_POLICIES.get(s.mixing.policy).real_share(cell.factors["synthetic"], n_real=n_real,
-                                                            batch_size=config.batch_size)
+    policy, level = MIXING_POLICIES.get(s.mixing.policy), cell.factors["synthetic"]
+    share = policy.real_share(level, n_real=n_real, batch_size=config.batch_size)
+    offline = build_augmentation(config.augmentation, config.augmentation_params)
+    if getattr(offline, "offline", False):  # its copies are real draws; an additive level counts the originals
+        n_all = n_real * (1 + offline.copies)
+        if s.mixing.policy == "additive" and not policy.amount(level)[1]:
+            m = round(policy.amount(level)[0] * n_real)
+            share = n_all / (n_all + m)
+        n_real = n_all
     return training_steps(config, n_real=n_real, real_share=share)
 
 

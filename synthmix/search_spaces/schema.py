@@ -22,10 +22,15 @@ A fully commented example (every section; defaults noted)::
     factors:                       # ordered; the grid is their full factorial x folds x repeats
       real_fraction: [0.5, 1.0]    # nested shares of the training pool, in (0, 1]
       # real_count: [1, 3, 6]      # or nested numbers of labelled training subjects
-      synthetic: [0, 1.0]          # read by mixing.policy (additive: +100% synthetic)
+      synthetic: [0, 1.0]          # read by mixing.policy (additive: +100% synthetic; quoted
+                                   # levels such as ["0", "1 only"]: "1 only" = synthetic only)
       architecture: [unet]         # synthmix.trainers.networks.NETWORKS names
-      augmentation: [none]         # AUGMENTATIONS names (default [none])
+      augmentation: [none]         # AUGMENTATIONS names (default [none]); traditional: 002's
+                                   # offline copies, one per real training slice
       # generator: [dcgan_wgangp]  # optional factor; then generator.configs per name
+      # classes: {7: identity, 4: {4: 0, 5: 0, 6: 0}}  # optional: named remappings of the
+                                   # dataset's labels (synthmix.datasets.class_levels); one
+                                   # generator and one pool serve every level
     exclude:                       # partial assignments removed from the grid (default none)
       - {real_fraction: 0.5, synthetic: 1.0}   # a level or a list of levels per factor
     segmenter:                     # build_segmentation_config options, minus architecture,
@@ -38,6 +43,7 @@ A fully commented example (every section; defaults noted)::
       # networks: {unet: {levels: 3}, uresnet: {levels: 3, num_res_units: 2}}
       # augmentation_params: {intensity_shift_std: 0.02}   # over every augmentation level's defaults
       # augmentations: {standard: {translate_std_px: 5}}   # per level, over augmentation_params
+      # detection: {min_false_positive_px: 200, min_dice: 0.25}   # 002's thresholded precision/recall
     generator:                     # required when some synthetic level uses synthetic data
       name: dcgan_wgangp           # a GENERATORS name
       config: {steps: 40}          # that family's own options (not seed: derived)
@@ -105,7 +111,7 @@ TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "facto
             "generator", "mixing", "statistics", "resources", "tune")
 GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks")
 REAL_FACTORS = ("real_fraction", "real_count")
-FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator")
+FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator", "classes")
 CORRECTIONS = ("none", "holm", "bh")
 # Registries that name factor levels: (module, attribute). Imported lazily (torch is slow).
 _REGISTRIES = {
@@ -205,6 +211,7 @@ class Study:
     plugins: tuple = ()
     tune: Any = None   # tune_section.TuneSection: a search before the grid
     tuned: dict | None = None  # the search's winner frozen into this study: {parameters, trial, value}
+    classes: tuple = ()  # class_levels.ClassLevel per level of factor classes, in level order
 
     @property
     def real_factor(self) -> str:
@@ -212,6 +219,10 @@ class Study:
 
     def uses_synthetic(self, level: Any) -> bool:
         return MIXING_POLICIES.get(self.mixing.policy).uses_synthetic(level)
+
+    def class_level(self, name: Any):
+        """The ClassLevel of factor ``classes`` level ``name`` (None without the factor)."""
+        return next((c for c in self.classes if c.name == name), None)
 
     def segmenter_config(self, architecture: str, augmentation: str) -> dict:
         """The segmentation config dict of a cell with these levels (seed not included: the
@@ -237,6 +248,8 @@ class Study:
             del kept["mixing"]["draw"]
         if self.resources.workers != 1:
             kept["workers"] = self.resources.workers
+        if self.classes:  # only then, so that studies without the factor keep their ids
+            kept["classes"] = d["classes"]
         if self.tune is not None:  # only then, so that studies without one keep their ids
             kept["tune"] = d["tune"]
             kept["tuned"] = self.tuned["parameters"] if self.tuned else None
@@ -421,6 +434,12 @@ def _level_parser(name: str, mixing: MixingSection) -> Callable[[Any], Any]:
                 raise ValueError(f"{v!r} is not a whole number of subjects >= 1")
             return v
         return parse
+    if name == "classes":  # names declared in the study; checked against them by _class_levels
+        def parse_class(v: Any) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ValueError(f"{v!r} is not a classes level name")
+            return v
+        return parse_class
     if name == "synthetic":
         if mixing.policy not in MIXING_POLICIES:
             return lambda v: v
@@ -453,6 +472,13 @@ def _factors(raw: Any, mixing: MixingSection, problems: _Problems) -> dict:
         if name not in FACTORS:
             continue
         path = f"factors.{name}"
+        if name == "classes":  # a mapping of level name -> remapping (see _class_levels)
+            if not isinstance(levels, dict) or not levels:
+                problems.add(path, "must be a mapping of level name -> remapping, e.g. "
+                             f"{{7: identity, 4: {{4: 0, 5: 0, 6: 0}}}}; got {levels!r}")
+            else:
+                factors[name] = tuple(levels)
+            continue
         if not isinstance(levels, list):
             problems.add(path, f"must be a list of levels, got {levels!r}")
             continue
@@ -465,6 +491,9 @@ def _factors(raw: Any, mixing: MixingSection, problems: _Problems) -> dict:
                 parsed.append(parse(level))
             except ValueError as err:
                 problems.add(f"{path}[{i}]", str(err))
+        if name == "synthetic" and len({isinstance(v, str) for v in parsed}) > 1:
+            problems.add(path, "mixes numbers and quoted levels, which would give the results a column of two "
+                         f"types; quote every level (e.g. [\"0\", \"0.5\", \"1 only\"]) or none")
         dupes = sorted({str(v) for v in parsed if parsed.count(v) > 1})
         if dupes:
             problems.add(path, f"duplicate levels: {', '.join(dupes)}")
@@ -723,6 +752,7 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     split = _split(top.get("split"), problems)
     mixing = _mixing(top.get("mixing"), problems)
     factors = _factors(top.get("factors"), mixing, problems)
+    classes = _class_levels(top.get("factors"), factors, dataset, problems)
     exclude = _exclude(top.get("exclude"), factors, mixing, problems)
     segmenter, batch_size = _segmenter(top.get("segmenter"), factors, problems)
     needs_generator = mixing.policy in MIXING_POLICIES and any(
@@ -738,7 +768,21 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     return Study(name=name, seed=seed, description=description.strip(), dataset=dataset, split=split,
                  factors=factors, exclude=exclude, segmenter=segmenter, generator=generator, mixing=mixing,
                  statistics=statistics, resources=resources, source=source, batch_size=batch_size,
-                 plugins=plugins, tune=tune)
+                 plugins=plugins, tune=tune, classes=classes)
+
+
+def _class_levels(raw: Any, factors: dict, dataset: DatasetSpec, problems: _Problems) -> tuple:
+    """Factor ``classes``: each level's remapping checked against the dataset's label set."""
+    if "classes" not in factors:
+        return ()
+    from synthmix.datasets.class_levels import dataset_class_names, dataset_label_count, parse_class_levels
+
+    count = dataset_label_count(dataset)
+    names = dataset_class_names(dataset, count) if count else None
+    levels, found = parse_class_levels(raw["classes"], count=count, names=names)
+    for p in found:
+        problems.append(p)
+    return levels
 
 
 def _plugins(raw: Any, problems: _Problems) -> tuple:

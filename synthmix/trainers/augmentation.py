@@ -4,6 +4,9 @@ One random spatial transform per sample (horizontal flip, rotation, translation,
 deformation) is applied identically to the image (bilinear) and to its label (nearest neighbour,
 so labels stay integer classes), then a random intensity scale and shift to the image only.
 
+One entry is offline instead: ``traditional`` (002) transforms every real training slice once
+into a second dataset of the same size before training (``trainers.offline_augmentation``).
+
 Named combinations (``augmentation:`` in a study) are registry entries; each is
 ``build(**params) -> Augment`` with its own defaults, any Augment field overridable. Defaults
 follow 003 Table I, which gives stddevs for 256x256 images: 0.05 intensity shift and scale,
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from synthmix.registry import Registry
+from synthmix.trainers.offline_augmentation import build_traditional
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,10 @@ def _preset(defaults: dict[str, Any]) -> AugmentFactory:
 
 for _name, _defaults in _PRESETS.items():
     AUGMENTATIONS.add(_name, _preset(_defaults))
+
+# 002's offline mode: every real training slice transformed once into a second dataset of the
+# same size (see trainers.offline_augmentation); its per-batch hook does nothing.
+AUGMENTATIONS.add("traditional", build_traditional)
 
 
 def build_augmentation(name: str, params: dict[str, Any] | None = None) -> Augment:

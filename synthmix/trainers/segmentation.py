@@ -50,7 +50,7 @@ from synthmix.trainers.augmentation import AUGMENTATIONS, build_augmentation
 from synthmix.trainers.checkpoint import load_checkpoint, save_checkpoint
 from synthmix.trainers.context import TrainContext
 from synthmix.trainers.losses import LOSSES, WEIGHTED_LOSSES, build_loss, class_weights_from_labels
-from synthmix.trainers.metrics import aggregate_subject_metrics, segmentation_metrics
+from synthmix.trainers.metrics import DetectionThresholds, aggregate_subject_metrics, segmentation_metrics
 from synthmix.trainers.networks import NETWORKS, build_network, check_network_options
 
 # ----------------------------------------------------------------------------- configuration
@@ -90,6 +90,10 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
         window_size: the sliding window's (H, W); None: the training slices' size (the patch).
         window_overlap: overlap of neighbouring windows, in [0, 1).
         window_blend: "constant" (plain mean) or "gaussian" (centre-weighted) where windows overlap.
+        detection: None, or 002's detection-thresholded precision and recall on the test subjects
+            (``det_precision_<c>``, ``det_recall_<c>``, counts ``det_tp_<c>`` ...), with
+            ``metrics.DetectionThresholds`` options ``{min_false_positive_px: 200, min_dice: 0.25}``
+            (``{}``: those defaults).
     """
 
     architecture: str = "unet"
@@ -115,6 +119,7 @@ reaches a mean test Dice near 0.9 in a few CPU minutes (benchmarks/segmentation_
     window_size: tuple[int, int] | None = None
     window_overlap: float = 0.25
     window_blend: str = "constant"
+    detection: dict | None = None
 
 
 INFERENCE_MODES = ("whole", "sliding_window")
@@ -174,7 +179,22 @@ def _config_problems(c: SegmentationConfig) -> list[str]:
     if c.early_stop is not None and not (isinstance(c.early_stop, tuple) and len(c.early_stop) == 2
                                          and all(isinstance(v, int) and v >= 1 for v in c.early_stop)):
         p.append(f"early_stop: must be null or [min_steps, patience] (positive integers), got {c.early_stop!r}")
-    return p + _inference_problems(c)
+    return p + _inference_problems(c) + _detection_problems(c.detection)
+
+
+def _detection_problems(detection: Any) -> list[str]:
+    if detection is None:
+        return []
+    if not isinstance(detection, dict):
+        return [f"detection: must be null or a mapping of min_false_positive_px, min_dice, got {detection!r}"]
+    try:
+        DetectionThresholds(**detection)
+    except TypeError:
+        return [f"detection: unknown key(s) {sorted(set(detection) - {'min_false_positive_px', 'min_dice'})}; "
+                "known: min_false_positive_px, min_dice"]
+    except ValueError as err:
+        return [f"detection: {err}"]
+    return []
 
 
 def _inference_problems(c: SegmentationConfig) -> list[str]:
@@ -399,11 +419,14 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
     # Evaluate the best weights on the test subjects.
     tick = time.perf_counter()
     net.load_state_dict(progress.best_state)
+    detection = DetectionThresholds(**config.detection) if config.detection is not None else None
     aggregate, per_subject = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc,
-                                      device=device, batch_size=config.eval_batch_size, inference=inference)
+                                      device=device, batch_size=config.eval_batch_size, inference=inference,
+                                      detection=detection)
     if config.per_slice:
         per_slice, _ = evaluate(net, data.test, num_classes=num_classes, lcc=config.lcc, device=device,
-                                batch_size=config.eval_batch_size, per_slice=True, inference=inference)
+                                batch_size=config.eval_batch_size, per_slice=True, inference=inference,
+                                detection=detection)
         aggregate.update({f"slice_{k}": v for k, v in per_slice.items()})
     timings["eval_s"] += time.perf_counter() - tick
     return SegmentationResult(metrics={**aggregate, "per_subject": per_subject},
@@ -571,7 +594,8 @@ def predict_volume(net: nn.Module, images: np.ndarray, *, device: torch.device,
 
 def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: bool,
              device: torch.device | str, batch_size: int = 64, distances: bool = True,
-             per_slice: bool = False, inference: Inference | None = None) -> tuple[dict[str, float], list[dict]]:
+             per_slice: bool = False, inference: Inference | None = None,
+             detection: DetectionThresholds | None = None) -> tuple[dict[str, float], list[dict]]:
     """Metrics of ``model`` on every subject of ``sliceset``: whole slices predicted (see
     ``Inference``), reassembled into the subject's volume, scored with its spacing (that of
     the preprocessed slices). Returns (means over subjects, per subject).
@@ -586,12 +610,12 @@ def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: boo
             pred = predict_volume(net, images, device=device, batch_size=batch_size, inference=inference)
             if not per_slice:
                 metrics = segmentation_metrics(pred, labels, num_classes=num_classes, spacing=spacing,
-                                               lcc=lcc, distances=distances)
+                                               lcc=lcc, distances=distances, detection=detection)
                 per_subject.append({"subject": sid, **metrics})
                 continue
             for index, (p, t) in enumerate(zip(pred, labels)):  # index in volume order
                 metrics = segmentation_metrics(p[None], t[None], num_classes=num_classes,
-                                               spacing=spacing, lcc=lcc, distances=distances)
+                                               spacing=spacing, lcc=lcc, distances=distances, detection=detection)
                 per_subject.append({"subject": sid, "slice": index, **metrics})
     finally:
         net.train(was_training)
