@@ -56,7 +56,7 @@ print = functools.partial(print, flush=True)
 COLUMNS = ("real", "held_out", "trained", "untrained")
 ROWS = (("swd", "SWD x1e3 (mean over splits)"), ("swd_sd", "  its SD over splits"),
         ("swd_gap", "  paired gap to the floor"), ("swd_gap_sd", "  its SD over splits"),
-        ("swd_vs_floor", "  gap / its SD"),
+        ("swd_gap_se", "  its standard error"), ("swd_vs_floor", "  gap / floor's SD"),
         ("fcn_dice_mean", "FCN score: Dice mean"), ("blur", "blur: variance of Laplacian"),
         ("nn_distance", "NN distance to training"))
 

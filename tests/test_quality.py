@@ -145,6 +145,8 @@ def test_matched_swd_tells_degraded_copies_from_real_slices(phantom_halves):
     assert r["blurred"]["gap"] > 2.5 * r["blurred"]["gap_sd"] and r["blurred"]["gap"] > 2 * floor["sd"]
     assert r["grey"]["gap"] > 5 * r["grey"]["gap_sd"] and r["grey"]["mean"] > 2 * floor["mean"]
     assert floor["mean"] < r["blurred"]["mean"] < r["grey"]["mean"]
+    assert abs(r["held"]["vs_floor"]) < 1.5 < 3 < r["blurred"]["vs_floor"] < r["grey"]["vs_floor"]
+    assert 0 < r["grey"]["gap_se"] < r["grey"]["gap_sd"]
     # the same real slices from a training subject's own half give a gap of exactly 0: paired
     same = quality.matched_swd(train, {}, seed=0, splits=4, draws=1)["real"]
     assert same["per_split"] == floor["per_split"] and floor["gap"] == 0
