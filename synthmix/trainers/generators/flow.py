@@ -36,9 +36,10 @@ GRID_SAMPLES = 32
 
 @dataclass(frozen=True)
 class QualitySpec:
-    """``generator.quality``: how many samples the figures use (SWD needs hundreds to tell
-    poor samples from real ones), and the training steps of the FCN score's reference
-    segmenter."""
+    """``generator.quality``: how many samples the FCN score, blur and NN distance use (the
+    SWD's real halves hold up to samples/2 training slices each, its compared sets as many,
+    over 8 splits: ``quality.matched_swd``), and the training steps of the FCN score's
+    reference segmenter."""
 
     samples: int = 512
     reference_steps: int = 200
