@@ -38,7 +38,7 @@ Measured (2-core machine shared with other jobs, 1 torch thread; ``--keep`` runs
       2.7, 4.5 floor SDs), untrained 352.5; FCN 0.68 | 0.43 | 0.21; blur 0.72 | 0.30 | 1.90;
       NN 11.3 | 13.3 | 58.9.
   Before (floor from two subject halves, 1 subject vs 2 with 3 training subjects; synthetic
-  sets drawn at random): floor 74.1 (SD 1.6), held-out 51.5, trained 88.8 (SD 17.4): a
+  sets drawn at random; 4 splits): floor 74.1 (SD 1.6), held-out 51.5, trained 88.8 (SD 17.4): a
   held-out real subject scored 23 below the floor and the trained generator within its noise.
 """
 
