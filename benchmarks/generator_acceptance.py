@@ -1,27 +1,23 @@
-"""Acceptance run for the generator (issue 3): the default joint WGAN-GP DCGAN on the phantom.
+"""Acceptance run for a generator family on the phantom, through the platform's training flow.
 
 ``--size 64`` (default): the default phantom (20 subjects, 64x64, 4 classes), 14 subjects as the
 training subset (3 val / 3 test, untouched by the generator: rule 3). ``--size 32``: the
 quickstart's phantom (12 subjects, 32x32, 3 classes), 6 subjects as the training subset (its
 training pool). The training SliceSet comes through the data layer (axial slices, z-score
-statistics from the training subjects); the default GeneratorConfig (or ``--set key=value``
-overrides, values as YAML) trains on the CPU, and the script prints the quality figures (SWD
-trained vs untrained vs real-vs-real, nearest-neighbour distances) and wall time. It also writes
-a grid of real training slices beside the artifact's samples.png for a by-eye comparison.
-Prints, asserts nothing.
+statistics from the training subjects); ``--family`` (default dcgan_wgangp) with its default
+config (or ``--set key=value`` overrides of the family's own options, values as YAML) trains on
+the CPU through ``flow.train_generator``, the function the orchestrator runs, which writes the
+artifact and its quality.json. The script prints the training curve, the quality figures
+(SWD trained / untrained / real-vs-real floor with its spread, FCN score, blur, nearest-
+neighbour distances) and the wall time. Prints, asserts nothing.
 
-    .venv/bin/python benchmarks/generator_acceptance.py [--size 32|64] [--steps N] [--set k=v ...]
-        [--threads T] [--keep DIR]
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generator_acceptance.py \
+        [--size 32|64] [--family NAME] [--steps N] [--set k=v ...] [--samples N] \
+        [--reference-steps N] [--threads T] [--keep DIR]
 
-Measured on the shared 2-core machine with 1 torch thread, defaults lr 1e-3, n_critic 2, resize
-upsampling; wall times are noisy (load average 7-21 during the 64x64 run, 2-5 during the 32x32
-runs, two of which ran side by side):
-  --size 64 (300 steps, 448 slices):  SWD x1e3 trained 71.5 vs untrained 392.4 (real floor 19.9),
-      NN 36.1 vs untrained 196.5 (real leave-one-subject-out 22.3), 282 s; before (lr 1e-4,
-      n_critic 5, transposed convs, min/max intensity map): 403.0 vs 423.8, identical noise, 572 s.
-  --size 32 (300 steps, 96 slices):   SWD 69.1 vs 356.2 (floor 34.1), NN 14.9 vs 37.1 (11.9), 36 s.
-  --size 32 --steps 800 --set latent_dim=64 --set pool_size=256 --set quality_samples=64
-      --set checkpoint_every=200:     SWD 44.6 vs 369.7 (floor 34.1), NN 12.4 vs 56.8 (11.9), 153 s.
+Figures measured before the platform (issue 3; SWD then compared 64 samples with a floor of
+two subject halves, a figure that did not discriminate, see ``quality_figures.py``) are not
+comparable with today's and were dropped from this docstring.
 """
 
 from __future__ import annotations
@@ -42,8 +38,9 @@ from synthmix.datasets.phantom import write_phantom_dataset
 from synthmix.datasets.preprocess import PreprocessConfig
 from synthmix.datasets.splits import Split
 from synthmix.trainers.context import LocalContext
+from synthmix.trainers.generators import GENERATORS, GeneratorData
 from synthmix.trainers.generators.artifact import save_sample_grid
-from synthmix.trainers.generators.training import build_generator_config, train_generator
+from synthmix.trainers.generators.flow import GeneratorSpec, train_generator
 
 print = functools.partial(print, flush=True)  # progress shows up in a log while it runs
 
@@ -56,8 +53,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, choices=sorted(DATASETS), default=64,
                         help="64: the default phantom; 32: the quickstart's phantom")
     parser.add_argument("--steps", type=int, default=None, help="override steps (generator iterations)")
+    parser.add_argument("--family", default="dcgan_wgangp", help="generator family (default dcgan_wgangp)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a GeneratorConfig field (value parsed as YAML); repeatable")
+                        help="override one of the family's options (value parsed as YAML); repeatable")
+    parser.add_argument("--samples", type=int, default=256, help="generator.quality.samples (default 256)")
+    parser.add_argument("--reference-steps", type=int, default=100,
+                        help="generator.quality.reference_steps: the FCN score's segmenter (default 100)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest on a 2-core machine shared with other jobs)")
     parser.add_argument("--keep", type=Path, default=None, help="copy the artifact and real grid here")
@@ -66,7 +67,7 @@ def main() -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.steps is not None:
         overrides["steps"] = args.steps
-    config = build_generator_config(overrides)
+    config = GENERATORS.get(args.family).config(overrides)  # checks the options before any data is made
 
     with tempfile.TemporaryDirectory(prefix="synthmix-gen-accept-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
@@ -85,21 +86,28 @@ def main() -> None:
         save_sample_grid(train.images[pick], train.labels[pick], root / "real.png",
                          num_classes=train.num_classes, ncols=8)
 
-        print(f"config: {config}")
+        print(f"{args.family} config: {config}")
+        spec = GeneratorSpec(key="acceptance", name=args.family, config=overrides, seed=0,
+                             quality={"samples": args.samples, "reference_steps": args.reference_steps})
         context = LocalContext(checkpoint_root=root / "ckpt")
-        t0 = time.perf_counter()
-        artifact = train_generator(config, train, context, root / "generator")
-        wall = time.perf_counter() - t0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        artifact = train_generator(spec, GeneratorData(train), context, root / "generator", val=val)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
 
         for h in context.history:
-            print(f"step {h['step']:5d}  critic {h['critic_loss']:8.3f}  generator {h['generator_loss']:8.3f}  "
-                  f"W estimate {h['wasserstein']:7.3f}")
+            print(f"step {h['step']:5d}  " + "  ".join(f"{k} {v:8.3f}" for k, v in h.items()
+                                                       if k != "step" and isinstance(v, (int, float))))
         q = artifact.quality
-        print(json.dumps({k: v for k, v in q.items() if not k.endswith("definition")}, indent=1))
-        print(f"RESULT SWD x1e3 trained {q['swd']:.1f} vs untrained {q['swd_untrained']:.1f} "
-              f"(real-vs-real floor {q['swd_real_baseline']:.1f}); NN distance trained "
-              f"{q['nn_distance']:.2f} vs untrained {q['nn_distance_untrained']:.2f} (real leave-one-subject-out "
-              f"{q['nn_distance_real_baseline']:.2f}); wall time {wall:.1f} s on {torch.get_num_threads()} threads")
+        print(json.dumps({k: v for k, v in q.items() if k != "report"}, indent=1))
+        fig = lambda key: "  ".join(f"{part} {q[key + sfx]:.3g}" for part, sfx in  # noqa: E731
+                                    (("trained", ""), ("untrained", "_untrained"), ("real", "_real"))
+                                    if isinstance(q.get(key + sfx), (int, float)))
+        print(f"RESULT SWD x1e3: {fig('swd')} (floor SD {q.get('swd_sd_real', float('nan')):.3g}; gap to floor "
+              f"{q['swd_gap']:.3g} +- {q['swd_gap_sd']:.3g}, untrained {q['swd_gap_untrained']:.3g}); "
+              f"FCN Dice: {fig('fcn_dice_mean')} (real: validation slices); blur: {fig('blur')}; "
+              f"NN distance: {fig('nn_distance')} (real: leave-one-subject-out)")
+        print(f"wall time {wall:.1f} s, CPU {cpu:.1f} s on {torch.get_num_threads()} threads (training, "
+              f"quality figures and artifact)")
         print(f"samples: {artifact.path / 'samples.png'}  real: {root / 'real.png'}")
 
 

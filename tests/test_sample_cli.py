@@ -75,3 +75,68 @@ def test_sample_refuses_a_planted_pickle_and_never_runs_it(artifact_dir, tmp_pat
     err = capsys.readouterr().err
     assert "weights.pt" in err and "not a tensor file" in err
     assert not target.exists()
+
+
+@pytest.fixture(scope="module")
+def pix2pix_dir(tmp_path_factory):
+    """A conditional (needs_masks) artifact: pix2pix, two steps on 24x24 slices of two subjects
+    (padded to its 32x32 model and cropped back)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sample_cli_pix2pix")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, (6, 24, 24)).astype(np.int64)
+    images = (labels[:, None] - 1.0 + rng.normal(0, 0.1, (6, 1, 24, 24))).astype(np.float32)
+    data = SliceSet(images, labels, np.array(["a"] * 3 + ["b"] * 3), np.tile(np.arange(3), 2),
+                    {"a": (1.0, 1.0, 1.0), "b": (1.0, 1.0, 1.0)}, 3)
+    spec = GeneratorSpec(key="p", name="pix2pix", seed=0, quality={"samples": 4, "reference_steps": 2},
+                         config={"steps": 2, "batch_size": 2, "base_filters": 4, "disc_filters": 4})
+    try:
+        train_generator(spec, GeneratorData(data), LocalContext(checkpoint_root=root / "ckpt"), root / "gen")
+    finally:
+        torch.set_num_threads(before)
+    return root / "gen", labels
+
+
+def test_sample_conditions_a_conditional_family_on_its_training_masks(pix2pix_dir, tmp_path, capsys):
+    gen, labels = pix2pix_dir
+    out = tmp_path / "pool.npz"
+    assert main(["sample", str(gen), "--n", "8", "--out", str(out), "--seed", "3"]) == 0
+    pool = SyntheticPool.load(out)
+    assert pool.images.shape == (8, 1, 24, 24) and pool.meta["family"] == "pix2pix"
+    # every label map is one of the training subset's six, each used once per pass (6 + 2)
+    used = [int(np.flatnonzero((labels == m).all(axis=(1, 2)))[0]) for m in pool.labels]
+    assert sorted(used[:6]) == list(range(6)) and len(set(used[6:])) == 2
+    assert main(["sample", str(gen), "--n", "3", "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sample_takes_masks_from_a_file_and_names_a_bad_one(pix2pix_dir, tmp_path, capsys):
+    gen, labels = pix2pix_dir
+    mine = np.zeros((2, 24, 24), np.int64)
+    mine[1, 5:15, 5:15] = 2
+    np.savez(tmp_path / "mine.npz", labels=mine)
+    out = tmp_path / "pool.npz"
+    assert main(["sample", str(gen), "--n", "4", "--out", str(out), "--masks", str(tmp_path / "mine.npz")]) == 0
+    assert sorted(SyntheticPool.load(out).labels.sum(axis=(1, 2)).tolist()) == [0, 0, 200, 200]
+    np.savez(tmp_path / "small.npz", labels=mine[:, :16, :16])
+    assert main(["sample", str(gen), "--out", str(out), "--masks", str(tmp_path / "small.npz")]) == 2
+    assert "small.npz" in (err := capsys.readouterr().err) and "(N, 24, 24)" in err
+    np.savez(tmp_path / "classes.npz", labels=mine + 3)
+    assert main(["sample", str(gen), "--out", str(out), "--masks", str(tmp_path / "classes.npz")]) == 2
+    assert "classes.npz" in (err := capsys.readouterr().err) and "[0, 3)" in err
+
+
+def test_sample_without_recorded_masks_asks_for_them(pix2pix_dir, artifact_dir, tmp_path, capsys):
+    import shutil
+
+    gen, _ = pix2pix_dir
+    old = tmp_path / "old"
+    shutil.copytree(gen, old)
+    (old / "masks.npz").unlink()  # an artifact written before conditional artifacts recorded masks
+    assert main(["sample", str(old), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "pix2pix is a conditional family" in err and "masks.npz" in err and "--masks" in err
+    np.savez(tmp_path / "m.npz", labels=np.zeros((1, 32, 32), np.int64))
+    assert main(["sample", str(artifact_dir), "--out", str(tmp_path / "g.png"), "--masks", str(tmp_path / "m.npz")]) == 2
+    assert "takes no masks" in capsys.readouterr().err

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ncols", type=int, default=8, help="samples per row of the grid (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--masks", type=Path, default=None,
+                   help="conditional families (pix2pix, ...): an .npz with a 'labels' array (N, H, W) to condition "
+                        "on (default: the generator's training subset's masks, recorded in its masks.npz)")
     p.set_defaults(handler=_sample)
 
 
@@ -25,6 +28,6 @@ def _sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise SynthmixError(f"--n must be at least 1, got {args.n}")
     path = write_samples(args.generator_dir, args.out, n=args.n, seed=args.seed, ncols=args.ncols,
-                         device=args.device)
+                         device=args.device, masks=args.masks)
     print(f"wrote {args.n} samples to {path}")
     return 0

@@ -158,7 +158,7 @@ def _tuning(fs: pafs.FileSystem, folder: str) -> str:
             f"{images}")
 
 
-FIGURES = ("swd", "swd_sd", "swd_vs_floor", "fcn_dice_mean", "blur", "nn_distance")
+FIGURES = ("swd", "swd_sd", "swd_gap", "swd_gap_se", "swd_vs_floor", "fcn_dice_mean", "blur", "nn_distance")
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes | None:

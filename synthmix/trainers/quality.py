@@ -1,18 +1,25 @@
-"""Quality figures of a generator: sliced Wasserstein distance and memorisation distance.
+"""Quality figures of a generator: SWD with its real-vs-real floor, FCN score, blur, memorisation.
 
 - ``sliced_wasserstein_distance``: the multi-scale patch SWD of progressive GANs (Karras et al.
   2018, ``metrics/sliced_wasserstein.py`` of their code), the measure 004 selects checkpoints
   by. Reimplemented here (numpy + scipy) because no maintained library ships it.
+- ``matched_swd``: that SWD against its floor on equal terms. A few dozen real slices (a
+  phantom volume has 16, up to half of them empty end slices) make any SWD noisy, so the floor
+  is SWD between two halves of the training subset matched by slice position, and every other
+  set is compared with the same reference half at the same set size, over several splits and
+  draws: a figure is read as its paired gap to the floor in units of that gap's spread.
+- ``fcn_score`` (002): a reference segmenter trained on the real training subset segments the
+  synthetic images; Dice against their own labels.
+- ``laplacian_variance`` (002): blurriness.
 - ``nearest_neighbour_distance``: L2 distance from each synthetic image to its closest training
   image (torch.cdist), the memorisation check of 001: a generator that copies its training data
   scores ~0.
-- ``generator_quality``: both figures for a trained generator and, as a reference, for the
-  untrained generator of the same architecture and seed, plus a real-vs-real baseline.
+- ``quality_report``: every figure for a trained sampler, the untrained one and real data.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import scipy.ndimage
@@ -23,10 +30,6 @@ from synthmix.datasets.arrays import SliceSet
 # The 5x5 binomial kernel of cv2.pyrDown/pyrUp, as in the PGGAN code.
 _GAUSSIAN = np.float32([[1, 4, 6, 4, 1], [4, 16, 24, 16, 4], [6, 24, 36, 24, 6],
                         [4, 16, 24, 16, 4], [1, 4, 6, 4, 1]]) / 256.0
-
-
-class Sampler(Protocol):
-    def sample(self, n: int, *, seed: int, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]: ...
 
 
 # ---- sliced Wasserstein distance ---------------------------------------------------------------
@@ -75,8 +78,10 @@ def _sliced_wasserstein(a: np.ndarray, b: np.ndarray, repeats: int, directions: 
     for _ in range(repeats):
         dirs = rng.standard_normal((a.shape[1], directions))
         dirs /= np.sqrt((dirs ** 2).sum(axis=0, keepdims=True))
-        proj_a = np.sort(a @ dirs, axis=0)
-        proj_b = np.sort(b @ dirs, axis=0)
+        # (directions, descriptors): each projection sorted along a contiguous row, several
+        # times faster than sorting the columns of a @ dirs
+        proj_a = np.sort(dirs.T @ a.T, axis=1)
+        proj_b = np.sort(dirs.T @ b.T, axis=1)
         results.append(np.abs(proj_a - proj_b).mean())
     return float(np.mean(results))
 
@@ -180,80 +185,6 @@ def _sample_real(real: SliceSet, n: int, rng: np.random.Generator) -> tuple[np.n
     return real.images[idx], real.labels[idx]
 
 
-def sampler_quality(sampler: Sampler, real: SliceSet, *, seed: int, n: int,
-                    device: str | torch.device = "cpu") -> dict:
-    """SWD (joint image+label) and NN distance (images) of n samples against ``real``."""
-    images, labels = sampler.sample(n, seed=seed, device=device)
-    real_images, real_labels = _sample_real(real, n, np.random.default_rng(seed))
-    swd = swd_per_level(joint_pictures(real_images, real_labels, real.num_classes),
-                        joint_pictures(images, labels, real.num_classes), seed=seed)
-    return {"swd": float(np.mean(list(swd.values()))), "swd_per_level": {str(k): v for k, v in swd.items()},
-            "nn_distance": nearest_neighbour_distance(images, real.images)[0]}
-
-
-def _real_swd_baseline(real: SliceSet, *, seed: int, n: int) -> float | None:
-    """SWD between the slices of two halves of the subjects: the floor a perfect generator
-    would reach with sets of this size."""
-    subjects = real.subjects
-    if len(subjects) < 2:
-        return None
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    half = {subjects[i] for i in order[: len(subjects) // 2]}
-    in_half = np.isin(real.subject_ids, list(half))
-    rng = np.random.default_rng(seed)
-    parts = []
-    for mask in (in_half, ~in_half):
-        idx = np.flatnonzero(mask)
-        idx = rng.choice(idx, size=min(n, len(idx)), replace=False)
-        parts.append(joint_pictures(real.images[idx], real.labels[idx], real.num_classes))
-    return sliced_wasserstein_distance(parts[0], parts[1], seed=seed)
-
-
-def generator_quality(artifact_or_sampler, real: SliceSet, *, seed: int, n: int = 256,
-                      untrained: Sampler | None = None, held_out: SliceSet | None = None,
-                      device: str | torch.device = "cpu") -> dict:
-    """Quality figures of a generator against its real training data ``real``.
-
-    ``artifact_or_sampler`` is a GeneratorArtifact (its untrained reference is rebuilt from its
-    config and seed) or any object with ``sample(n, *, seed, device)``, in which case
-    ``untrained`` must be given. ``held_out`` real data (validation), if given, provides the
-    real-to-training NN baseline; otherwise it is the leave-one-subject-out distance within
-    ``real``, which keeps validation data away from anything a generator run touches (rule 3).
-
-    Returns swd, swd_untrained, swd_real_baseline (two halves of the subjects), their per-level
-    values, nn_distance, nn_distance_untrained, nn_distance_real_baseline and how it was made.
-    """
-    sampler = artifact_or_sampler
-    if hasattr(artifact_or_sampler, "untrained_sampler"):
-        untrained = untrained or artifact_or_sampler.untrained_sampler(device)
-        sampler = artifact_or_sampler.load_generator(device)
-    if untrained is None:
-        raise ValueError("generator_quality needs the untrained reference sampler (untrained=...)")
-    trained_q = sampler_quality(sampler, real, seed=seed, n=n, device=device)
-    untrained_q = sampler_quality(untrained, real, seed=seed, n=n, device=device)
-    if held_out is not None:
-        nn_real, nn_kind = nearest_neighbour_distance(held_out.images, real.images)[0], "held-out real to training"
-    else:
-        nn_real, nn_kind = _leave_subject_out_nn(real), "leave-one-subject-out within training"
-    return {
-        "swd": trained_q["swd"],
-        "swd_untrained": untrained_q["swd"],
-        "swd_real_baseline": _real_swd_baseline(real, seed=seed, n=n),
-        "swd_per_level": trained_q["swd_per_level"],
-        "swd_untrained_per_level": untrained_q["swd_per_level"],
-        "nn_distance": trained_q["nn_distance"],
-        "nn_distance_untrained": untrained_q["nn_distance"],
-        "nn_distance_real_baseline": nn_real,
-        "nn_distance_real_baseline_kind": nn_kind,
-        "n_samples": n,
-        "n_real": len(real),
-        "seed": seed,
-        "swd_definition": "PGGAN multi-scale Laplacian-pyramid 7x7 patch SWD x1e3, averaged over levels, "
-                          "on image channels + one-hot label channels",
-        "nn_definition": "mean L2 distance from each sample image to its nearest training image",
-    }
-
-
 # ---- blurriness ---------------------------------------------------------------------------------
 
 # The 3x3 Laplacian of cv2.Laplacian (ksize=1), the usual "variance of Laplacian" focus measure.
@@ -267,64 +198,127 @@ def laplacian_variance(images: np.ndarray) -> np.ndarray:
     return lap.reshape(*lap.shape[:2], -1).var(axis=2).mean(axis=1).astype(np.float64)
 
 
-# ---- SWD against matched real halves ------------------------------------------------------------
+# ---- SWD against position-matched real halves -------------------------------------------------------
 
-def real_halves(real: SliceSet, *, seed: int, splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``splits`` random (A, B) boolean masks over the slices: disjoint halves by subject (the
-    floor then compares different subjects, as a generator's new samples are), or by slice
-    when there is a single subject."""
-    subjects = np.array(real.subjects)
+def relative_positions(real: SliceSet) -> np.ndarray:
+    """(N,) each slice's place along its own volume's slicing axis, 0 (first slice) to 1 (last),
+    so subjects with different slice counts line up."""
+    rel = np.zeros(len(real))
+    for sid in np.unique(real.subject_ids):
+        mine = real.subject_ids == sid
+        pos = real.positions[mine].astype(np.float64)
+        span = pos.max() - pos.min()
+        rel[mine] = (pos - pos.min()) / span if span > 0 else 0.5
+    return rel
+
+
+def position_matched_halves(real: SliceSet, *, seed: int, splits: int, max_pairs: int | None = None
+                            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``splits`` pairs of disjoint boolean masks (A, B) over the slices: real halves matched by
+    slice position.
+
+    The slices are ordered by relative position (random order among equals) and taken in
+    consecutive pairs; one of each pair goes to A, the other to B. Both halves then hold the same
+    mix of positions (the phantom's empty end slices included: up to half of a volume) from all
+    subjects, whatever their number, so the floor measures two real sets of the same make-up,
+    not how one subject differs from the others; with one subject the pairs are neighbouring
+    slices. With more than ``max_pairs`` pairs, evenly spaced ones are kept (the halves stay
+    matched, the SWD's cost bounded)."""
+    rel = relative_positions(real)
     halves = []
     for s in range(splits):
         rng = np.random.default_rng([seed, s])
-        if len(subjects) >= 2:
-            a = np.isin(real.subject_ids, rng.permutation(subjects)[: len(subjects) // 2])
-        else:
-            a = np.zeros(len(real), bool)
-            a[rng.permutation(len(real))[: len(real) // 2]] = True
-        halves.append((a, ~a))
+        order = np.lexsort((rng.random(len(real)), rel))
+        pairs = order[: len(order) // 2 * 2].reshape(-1, 2)
+        if max_pairs is not None and len(pairs) > max_pairs:
+            pairs = pairs[np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int)]
+        pick = rng.integers(0, 2, size=len(pairs))
+        a, b = np.zeros(len(real), bool), np.zeros(len(real), bool)
+        a[pairs[np.arange(len(pairs)), pick]] = True
+        b[pairs[np.arange(len(pairs)), 1 - pick]] = True
+        halves.append((a, b))
     return halves
 
 
-def _summary(per_split: list[dict[int, float]]) -> dict:
-    values = np.array([np.mean(list(d.values())) for d in per_split])
-    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "per_split": values.round(3).tolist(),
-            "per_level": {str(k): float(np.mean([d[k] for d in per_split])) for k in per_split[0]}}
+def stratified_draws(labels: np.ndarray, m: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` index sets of m pairs, each a stratified sample of the set by labelled area.
+
+    Sorted by the share of pixels the labels mark as foreground (random order among equals:
+    the empty slices), the set is cut into m strata of equal count and each draw takes one pair
+    at random from every stratum. The set's own distribution is kept (a generator that makes
+    too many empty slices still shows), but the mix of a draw no longer varies the way m
+    independent picks do: a real half is a position-matched, not a random, set, and an
+    unstratified draw of real held-out slices scores well above the floor (25 x1e3 on the
+    quickstart) for that reason alone."""
+    if len(labels) < m:
+        raise ValueError(f"a compared set needs at least {m} pairs (the size of a real half), got {len(labels)}")
+    area = (np.asarray(labels) > 0).reshape(len(labels), -1).mean(axis=1)
+    order = np.lexsort((rng.random(len(labels)), area))
+    edges = np.linspace(0, len(labels), m + 1).round().astype(int)
+    return [order[rng.integers(edges[:-1], edges[1:])] for _ in range(count)]
+
+
+def _summary(values: np.ndarray, per_level: list[dict[int, float]], floor: np.ndarray) -> dict:
+    """Mean and SD over splits; the paired gap to the floor (same split, same reference B): its
+    mean, SD over splits and standard error; the gap in units of the floor's own spread."""
+    sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
+    gap, floor_sd = values - floor, sd(floor)
+    return {"mean": float(values.mean()), "sd": sd(values), "per_split": values.round(3).tolist(),
+            "gap": float(gap.mean()), "gap_sd": sd(gap), "gap_se": sd(gap) / np.sqrt(len(gap)),
+            "vs_floor": float(gap.mean()) / floor_sd if floor_sd > 0 else None,
+            "per_level": {str(k): float(np.mean([d[k] for d in per_level])) for k in per_level[0]}}
 
 
 def matched_swd(real: SliceSet, sets: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: int,
-                splits: int = 4) -> dict:
-    """SWD of each synthetic set and of real data (the floor), on equal terms.
+                splits: int = 8, draws: int = 2, max_pairs: int | None = None) -> dict:
+    """SWD of each compared set and of real data (the floor), at equal set sizes.
 
-    Per split (``real_halves``), real half B is the reference; the floor is SWD(B, A) and each
-    synthetic figure SWD(B, |A| synthetic pairs), the next |A| of its set (cycled when short),
-    so every figure and the floor compare sets of the same sizes against the same reference.
-    Returns {"real": summary, name: summary, "sizes": [[|A|, |B|], ...]}, each summary the mean
-    and SD over splits of the level-averaged SWD x 1e3, its per-split and per-level values.
+    Per split (``position_matched_halves`` of the training subset only: rule 3), real half B is
+    the reference; the floor is SWD(B, A), and each compared set's figure the mean of SWD(B, X)
+    over ``draws`` sets X of |A| of its pairs (``stratified_draws``: a sample has no slice
+    position, so its draws are matched by labelled area instead), so the floor and every figure
+    compare sets of the same sizes and make-up against the same reference, and a figure's paired
+    gap to the floor leaves out how B itself was drawn. Real slices of held-out subjects score
+    at the floor (``benchmarks/quality_figures.py``).
+
+    Returns {"real": summary, name: summary, "sizes": [[|A|, |B|], ...]}: each summary the mean
+    and SD over splits of the level-averaged SWD x 1e3, its paired gap to the floor (mean, SD,
+    standard error over splits), that gap in units of the floor's SD (``vs_floor``), its
+    per-split and per-level values. The splits reuse the same few real slices, so the standard
+    error is a lower bound; the floor's SD is the spread a perfect generator stays within.
     """
     k = real.num_classes
-    results: dict[str, list] = {"real": [], **{name: [] for name in sets}}
-    used = dict.fromkeys(sets, 0)
-    sizes = []
-    for s, (a, b) in enumerate(real_halves(real, seed=seed, splits=splits)):
+    halves = position_matched_halves(real, seed=seed, splits=splits, max_pairs=max_pairs)
+    m = int(halves[0][0].sum())
+    if m < 1:
+        raise ValueError(f"the SWD floor needs at least 2 real slices, got {len(real)}")
+    rng = np.random.default_rng([seed, 1])
+    chunks = {name: stratified_draws(labels, m, splits * draws, rng) for name, (_, labels) in sets.items()}
+    values: dict[str, list] = {"real": [], **{name: [] for name in sets}}
+    levels: dict[str, list] = {name: [] for name in values}
+    for s, (a, b) in enumerate(halves):
         reference = joint_pictures(real.images[b], real.labels[b], k)
-        m = int(a.sum())
-        sizes.append([m, int(b.sum())])
         level_seed = seed * 1000 + s
-        results["real"].append(swd_per_level(reference, joint_pictures(real.images[a], real.labels[a], k),
-                                             seed=level_seed))
+        floor = swd_per_level(reference, joint_pictures(real.images[a], real.labels[a], k), seed=level_seed)
+        values["real"].append(np.mean(list(floor.values())))
+        levels["real"].append(floor)
         for name, (images, labels) in sets.items():
-            idx = np.arange(used[name], used[name] + m) % len(images)
-            used[name] += m
-            results[name].append(swd_per_level(reference, joint_pictures(images[idx], labels[idx], k),
-                                               seed=level_seed))
-    return {**{name: _summary(v) for name, v in results.items()}, "sizes": sizes}
+            per = [swd_per_level(reference, joint_pictures(images[idx], labels[idx], k), seed=level_seed)
+                   for idx in chunks[name][s * draws:(s + 1) * draws]]
+            mean_levels = {res: float(np.mean([p[res] for p in per])) for res in per[0]}
+            values[name].append(np.mean(list(mean_levels.values())))
+            levels[name].append(mean_levels)
+    floor = np.array(values["real"])
+    out = {name: _summary(np.array(v), levels[name], floor) for name, v in values.items()}
+    return {**out, "sizes": [[int(a.sum()), int(b.sum())] for a, b in halves]}
 
 
-def swd_samples_needed(real: SliceSet, *, seed: int, splits: int = 4) -> int:
-    """How many synthetic pairs ``matched_swd`` uses per set without repeating one."""
-    return int(sum(a.sum() for a, _ in real_halves(real, seed=seed, splits=splits)))
+def swd_samples_needed(real: SliceSet, *, seed: int, splits: int = 8, draws: int = 2,
+                       max_pairs: int | None = None) -> int:
+    """How many pairs a compared set should have for ``matched_swd``: one per pair drawn, so
+    strata hold as many pairs as there are draws."""
+    a, _ = position_matched_halves(real, seed=seed, splits=1, max_pairs=max_pairs)[0]
+    return int(a.sum()) * splits * draws
 
 
 # ---- FCN score (002) ----------------------------------------------------------------------------
@@ -388,10 +382,13 @@ def fcn_score(model: torch.nn.Module, samples, *, batch_size: int = 64) -> dict:
 DEFINITIONS = {
     "swd": "PGGAN multi-scale Laplacian-pyramid SWD x1e3 (7x7 descriptors, 128 per image, 4 x 128 projections, "
            "levels down to 16 px, per-set descriptor normalisation), image + label channels, averaged over "
-           "levels; mean (sd) over random splits of the real training subjects into halves A, B: synthetic "
-           "|A| pairs vs B; real: A vs B (the floor at the same set sizes)",
-    "swd_vs_floor": "(swd - real swd) / sqrt(swd_sd^2 + real swd_sd^2): the gap to the floor in units of "
-                    "their spread over splits (about 2 or more: told apart from real data)",
+           "levels. Per split of the real training subset into halves A, B matched by slice position: "
+           "SWD(B, |A| pairs of the set), averaged over draws; mean (swd_sd: SD) over splits. real: SWD(B, A), "
+           "the floor at the same set sizes",
+    "swd_gap": "swd - floor, paired by split (same reference B); swd_gap_sd its SD over splits, swd_gap_se "
+               "its standard error (a lower bound: the splits reuse the same real slices)",
+    "swd_vs_floor": "swd_gap / the floor's SD over splits (real: swd_sd): held-out real subjects stay within "
+                    "about 1; 2 or more is told apart from real data",
     "fcn_dice_mean": "Dice of a reference UNet trained on the real training subset, predicting the pairs' "
                      "images, against their labels, pooled over pairs; real: on the validation slices if "
                      "given, else on the training slices (in-sample)",
@@ -401,21 +398,19 @@ DEFINITIONS = {
 }
 
 
-def _figures(images: np.ndarray, labels: np.ndarray, swd: dict, floor: dict, real: SliceSet,
+def _swd_figures(swd: dict) -> dict:
+    return {"swd": swd["mean"], "swd_sd": swd["sd"], "swd_gap": swd["gap"], "swd_gap_sd": swd["gap_sd"],
+            "swd_gap_se": swd["gap_se"], "swd_vs_floor": swd["vs_floor"],
+            "swd_per_split": swd["per_split"], "swd_per_level": swd["per_level"]}
+
+
+def _figures(images: np.ndarray, labels: np.ndarray, swd: dict, real: SliceSet,
              segmenter: torch.nn.Module, n: int) -> dict:
     fcn = fcn_score(segmenter, _Pairs(images[:n], labels[:n]))
-    return {"swd": swd["mean"], "swd_sd": swd["sd"], "swd_per_split": swd["per_split"],
-            "swd_per_level": swd["per_level"],
-            "swd_vs_floor": _gap(swd, floor),
+    return {**_swd_figures(swd),
             "fcn_dice_mean": fcn["dice_mean"], "fcn_dice": {k: v for k, v in fcn.items() if k != "dice_mean"},
             "blur": float(laplacian_variance(images[:n]).mean()),
             "nn_distance": nearest_neighbour_distance(images[:n], real.images)[0]}
-
-
-def _gap(swd: dict, floor: dict) -> float | None:
-    """(swd - floor) in units of their combined spread over splits."""
-    spread = float(np.hypot(swd["sd"], floor["sd"]))
-    return (swd["mean"] - floor["mean"]) / spread if spread > 0 else None
 
 
 class _Pairs(NamedTuple):
@@ -426,32 +421,39 @@ class _Pairs(NamedTuple):
 def quality_report(sample: Callable[[int, int], Any], real: SliceSet, *, seed: int, n: int,
                    untrained: Callable[[int, int], Any] | None = None, val: SliceSet | None = None,
                    reference_segmenter: torch.nn.Module | None = None, device: str | torch.device = "cpu",
-                   splits: int = 4) -> dict:
+                   splits: int = 8, draws: int = 2, others: dict[str, Callable[[int, int], Any]] | None = None
+                   ) -> dict:
     """Every quality figure for ``sample`` (``sample(n, seed) -> Samples``), for the untrained
-    sampler if given, and for real data (the floors), JSON-able: {"trained", "untrained",
-    "real": {swd, swd_sd, fcn_dice_mean, fcn_dice, blur, nn_distance, ...}, "meta",
-    "definitions"}. ``real`` is the cell's training subset; ``val`` (real validation slices)
-    only gives the reference segmenter's own Dice, for scale. Pass ``reference_segmenter`` to
-    reuse one across snapshots (``train_reference_segmenter``)."""
-    drawn = max(n, swd_samples_needed(real, seed=seed, splits=splits))
-    draws = {"trained": sample(drawn, seed)}
+    sampler if given, for any ``others`` (name -> sample function: e.g. held-out real slices in
+    a benchmark), and for real data (the floors), JSON-able: {"trained", "untrained", "real",
+    <others>: {swd, swd_sd, swd_gap, swd_gap_sd, swd_vs_floor, fcn_dice_mean, fcn_dice, blur,
+    nn_distance, ...}, "meta", "definitions"}. ``real`` is the cell's training subset, the only
+    real data the SWD floor uses (rule 3); ``val`` (real validation slices) only gives the
+    reference segmenter's own Dice, for scale. Pass ``reference_segmenter`` to reuse one across
+    snapshots (``train_reference_segmenter``). ``n`` pairs give the FCN score, blur and NN
+    distance; the SWD's real halves hold up to n/2 slices each, its compared sets as many."""
+    max_pairs = max(2, n // 2)
+    drawn = max(n, swd_samples_needed(real, seed=seed, splits=splits, draws=draws, max_pairs=max_pairs))
+    draws_by_name = {"trained": sample(drawn, seed)}
     if untrained is not None:
-        draws["untrained"] = untrained(drawn, seed)
-    swd = matched_swd(real, {k: (v.images, v.labels) for k, v in draws.items()}, seed=seed, splits=splits)
+        draws_by_name["untrained"] = untrained(drawn, seed)
+    for name, fn in (others or {}).items():
+        draws_by_name[name] = fn(drawn, seed)
+    swd = matched_swd(real, {k: (v.images, v.labels) for k, v in draws_by_name.items()}, seed=seed,
+                      splits=splits, draws=draws, max_pairs=max_pairs)
     segmenter = reference_segmenter or train_reference_segmenter(real, seed=seed, device=device)
-    report = {name: _figures(d.images, d.labels, swd[name], swd["real"], real, segmenter, n)
-              for name, d in draws.items()}
+    report = {name: _figures(d.images, d.labels, swd[name], real, segmenter, n) for name, d in draws_by_name.items()}
     report.setdefault("untrained", None)
     fcn_real = fcn_score(segmenter, val if val is not None else real)
-    report["real"] = {"swd": swd["real"]["mean"], "swd_sd": swd["real"]["sd"],
-                      "swd_per_split": swd["real"]["per_split"], "swd_per_level": swd["real"]["per_level"],
+    real_swd = _swd_figures(swd["real"])
+    report["real"] = {**{k: v for k, v in real_swd.items() if not k.startswith(("swd_gap", "swd_vs"))},
                       "fcn_dice_mean": fcn_real["dice_mean"],
                       "fcn_dice": {k: v for k, v in fcn_real.items() if k != "dice_mean"},
                       "fcn_on": "validation slices" if val is not None else "training slices (in-sample)",
                       "blur": float(laplacian_variance(real.images).mean()),
                       "nn_distance": _leave_subject_out_nn(real)}
     report["meta"] = {"seed": seed, "n_samples": n, "n_drawn": drawn, "n_real": len(real), "splits": splits,
-                      "swd_set_sizes": swd["sizes"]}
+                      "swd_draws": draws, "swd_set_sizes": swd["sizes"]}
     report["definitions"] = DEFINITIONS
     return report
 

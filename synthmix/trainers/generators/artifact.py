@@ -8,7 +8,10 @@ Files of a complete artifact (tensors + JSON only: nothing in it is unpickled):
 - ``weights.pt``: the sampling weights, a dict of tensors (``checkpoint.load_tensors``);
 - ``quality.json``: the quality figures (quality.py), trained vs untrained vs real;
 - ``samples.png`` and ``real.png``: a grid of samples and one of real training slices;
-- ``training_subjects.json``: the sorted subject ids the generator was trained on (rule 3).
+- ``training_subjects.json``: the sorted subject ids the generator was trained on (rule 3);
+- ``masks.npz`` (conditional families only, ``needs_masks``): the training subset's label maps
+  (``labels``, (N, H, W) uint8 or int16), the masks ``sample`` conditions on when it is given
+  none (``synthmix sample``), read with ``allow_pickle=False``.
 
 Pools drawn from a generator are artifacts of their own (``pools.py``), so a new pool never
 retrains its generator. The folder is written under a temporary name and renamed when
@@ -40,6 +43,7 @@ QUALITY_FILE = "quality.json"
 SAMPLES_FILE = "samples.png"
 REAL_FILE = "real.png"
 SUBJECTS_FILE = "training_subjects.json"
+MASKS_FILE = "masks.npz"
 ARTIFACT_FILES = (SPEC_FILE, WEIGHTS_FILE, QUALITY_FILE, SAMPLES_FILE, REAL_FILE, SUBJECTS_FILE)
 
 
@@ -51,6 +55,34 @@ def missing_files(path: str | Path, files: tuple[str, ...] = ARTIFACT_FILES) -> 
 def is_complete(path: str | Path) -> bool:
     """Whether ``path`` is a finished generator artifact."""
     return Path(path).is_dir() and not missing_files(path)
+
+
+def save_masks(labels: np.ndarray, path: str | Path) -> None:
+    """A conditional generator's training label maps, compactly (classes fit a uint8 mostly)."""
+    labels = np.asarray(labels)
+    np.savez_compressed(path, labels=labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int16))
+
+
+def load_masks(path: str | Path, *, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """(N, H, W) int64 label maps from an .npz with a ``labels`` array (``masks.npz`` of an
+    artifact, a SyntheticPool, or any such file), checked against the generator's slice shape
+    and classes; anything else is an error naming the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "labels" not in z.files:
+                raise SynthmixError(f"{path}: no 'labels' array (has {', '.join(z.files) or 'nothing'}); "
+                                    "masks must be an .npz with labels (N, H, W)")
+            labels = z["labels"]
+    except (OSError, ValueError, EOFError) as err:
+        raise SynthmixError(f"{path}: not an .npz file of label maps ({err})") from None
+    if labels.ndim != 3 or tuple(labels.shape[1:]) != tuple(shape) or len(labels) == 0:
+        raise SynthmixError(f"{path}: labels have shape {labels.shape}; this generator needs (N, {shape[0]}, "
+                            f"{shape[1]}) with N >= 1")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes:
+        raise SynthmixError(f"{path}: labels must be integers in [0, {num_classes}), got {labels.dtype} in "
+                            f"[{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
 
 
 def read_json(path: Path) -> dict:
@@ -148,6 +180,32 @@ class GeneratorArtifact:
     def training_subjects(self) -> list[str]:
         return read_json(self.path / SUBJECTS_FILE)
 
+    @property
+    def needs_masks(self) -> bool:
+        from synthmix.trainers.generators import GENERATORS
+
+        return GENERATORS.get(self.family_name).needs_masks
+
+    def masks_for(self, n: int, *, seed: int, masks: str | Path | None = None) -> np.ndarray | None:
+        """n label maps for a conditional family (None for the others): from the ``masks`` .npz
+        if given, else from the artifact's ``masks.npz`` (its training subset's label maps),
+        handed out as the training flow does (``MaskSource``: each once per pass, transformed
+        if the generator's ``masks`` options say so)."""
+        from synthmix.trainers.generators.masks import MaskSource, build_mask_spec
+
+        if not self.needs_masks:
+            if masks is not None:
+                raise SynthmixError(f"{self.path}: {self.family_name} samples from noise and takes no masks; "
+                                    "drop --masks")
+            return None
+        source = Path(masks) if masks is not None else self.path / MASKS_FILE
+        if masks is None and not source.is_file():
+            raise SynthmixError(f"{self.path}: {self.family_name} is a conditional family and needs label maps, "
+                                f"but the artifact has no {MASKS_FILE} (it predates them); pass --masks FILE.npz "
+                                "with a 'labels' array (N, H, W) of the training subset's masks")
+        labels = load_masks(source, shape=tuple(self.fit.data), num_classes=self.num_classes)
+        return MaskSource(labels, build_mask_spec(self.spec.get("masks"))).take(n, seed)
+
 
 def write_artifact_folder(out_dir: Path, write: Callable[[Path], None], *,
                           finished: Callable[[Path], bool] = is_complete) -> None:
@@ -220,14 +278,15 @@ def save_sample_grid(images: np.ndarray, labels: np.ndarray, path: str | Path, *
 
 
 def write_samples(artifact_dir: str | Path, out: str | Path, *, n: int, seed: int, ncols: int = 8,
-                  device: str | torch.device = "cpu") -> Path:
+                  device: str | torch.device = "cpu", masks: str | Path | None = None) -> Path:
     """Sample n pairs from an artifact into ``out``: a .png grid or a .npz SyntheticPool. A
-    conditional family gets the masks of its training subset's pool of masks: use the pool."""
+    conditional family is given n masks (``GeneratorArtifact.masks_for``): its training
+    subset's label maps recorded in the artifact, or those of the ``masks`` .npz."""
     out = Path(out)
     if out.suffix.lower() not in (".png", ".npz"):
         raise SynthmixError(f"{out}: output must end in .png (sample grid) or .npz (SyntheticPool)")
     artifact = GeneratorArtifact(artifact_dir)
-    samples = artifact.sample(n, seed=seed, device=device)
+    samples = artifact.sample(n, seed=seed, device=device, masks=artifact.masks_for(n, seed=seed, masks=masks))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".png":
         return save_sample_grid(samples.images, samples.labels, out, num_classes=artifact.num_classes, ncols=ncols)

@@ -24,8 +24,8 @@ from synthmix.trainers.checkpoint import save_tensors
 from synthmix.trainers.context import TrainContext
 from synthmix.trainers.generators import GENERATORS, GeneratorData, GeneratorFamily
 from synthmix.trainers.generators.artifact import (
-    QUALITY_FILE, REAL_FILE, SAMPLES_FILE, SPEC_FILE, SUBJECTS_FILE, WEIGHTS_FILE, GeneratorArtifact,
-    ShapedSampler, save_sample_grid, write_artifact_folder)
+    MASKS_FILE, QUALITY_FILE, REAL_FILE, SAMPLES_FILE, SPEC_FILE, SUBJECTS_FILE, WEIGHTS_FILE, GeneratorArtifact,
+    ShapedSampler, save_masks, save_sample_grid, write_artifact_folder)
 from synthmix.trainers.generators.encoding import IntensityMap, JointEncoding, ShapeFit
 from synthmix.trainers.generators.masks import MaskSource, build_mask_spec
 from synthmix.trainers.generators.session import GeneratorSession, build_select_spec
@@ -36,9 +36,10 @@ GRID_SAMPLES = 32
 
 @dataclass(frozen=True)
 class QualitySpec:
-    """``generator.quality``: how many samples the figures use (SWD needs hundreds to tell
-    poor samples from real ones), and the training steps of the FCN score's reference
-    segmenter."""
+    """``generator.quality``: how many samples the FCN score, blur and NN distance use (the
+    SWD's real halves hold up to samples/2 training slices each, its compared sets as many,
+    over 8 splits: ``quality.matched_swd``), and the training steps of the FCN score's
+    reference segmenter."""
 
     samples: int = 512
     reference_steps: int = 200
@@ -171,6 +172,8 @@ def train_generator(spec: GeneratorSpec, data: GeneratorData, context: TrainCont
         save_sample_grid(real.images[idx], real.labels[idx], tmp / REAL_FILE, num_classes=real.num_classes,
                          title="real training slices")
         (tmp / SUBJECTS_FILE).write_text(json.dumps(sorted(real.subjects), indent=2))
+        if masks is not None:  # what `synthmix sample` conditions on: the subset's own masks
+            save_masks(real.labels, tmp / MASKS_FILE)
 
     write_artifact_folder(Path(out_dir), write)
     return GeneratorArtifact(out_dir)
