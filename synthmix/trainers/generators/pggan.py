@@ -378,16 +378,22 @@ def check_budget(config: PGGANConfig, size: int) -> None:
 
 # ---- cost model ------------------------------------------------------------------------------------
 
-# Measured on this project's 2-core CPU, 1 torch thread (benchmarks/pggan_acceptance.py --cost):
-# seconds per real image of one training step = _COST_PER_IMAGE + _COST_PER_MAC x the multiply-
-# accumulates of one generator + critic forward at that level.
-_COST_PER_IMAGE = 2.0e-4
-_COST_PER_MAC = 1.6e-9
+# Fitted to step times measured on this project's shared 2-core CPU, 1 torch thread, at every level
+# of a 64x64 model for base/max filters 16/128, 8/64 and 8/128 (within 20% of each of the 15
+# points; ``benchmarks/pggan_acceptance.py --cost`` re-measures): seconds per real image of a
+# training step = _PER_IMAGE + _PER_MAC x the multiply-accumulates of one generator + critic
+# forward at that level + _PER_ACTIVATION x their convolutions' output elements (the memory-bound
+# part: activations, pixel norm, pooling, which dominates at high resolution with few filters).
+_PER_IMAGE, _PER_MAC, _PER_ACTIVATION = 2.2e-3, 1.0e-10, 9.5e-8
+
+
+def _channels(config: PGGANConfig, size: int) -> list[int]:
+    return [filters(config.base_filters, config.max_filters, size, 4 * 2 ** lv) for lv in range(levels(size) + 1)]
 
 
 def _macs(config: PGGANConfig, channels: int, size: int, level: int) -> float:
     """Multiply-accumulates of one generator and one critic forward at ``level``."""
-    ch = [filters(config.base_filters, config.max_filters, size, 4 * 2 ** lv) for lv in range(levels(size) + 1)]
+    ch = _channels(config, size)
     g = config.latent_dim * ch[0] * 16 + ch[0] ** 2 * 9 * 16
     c = (ch[0] + 1) * ch[0] * 9 * 16 + ch[0] * 16 * ch[0]
     for lv in range(1, level + 1):
@@ -398,11 +404,18 @@ def _macs(config: PGGANConfig, channels: int, size: int, level: int) -> float:
     return g + c + 2 * ch[level] * channels * r * r
 
 
+def _activations(config: PGGANConfig, size: int, level: int) -> float:
+    """Output elements of the generator's and the critic's convolutions at ``level``."""
+    ch = _channels(config, size)
+    return sum(4 * ch[lv] * (4 * 2 ** lv) ** 2 for lv in range(level + 1))
+
+
 def step_seconds(config: PGGANConfig, size: int, level: int, channels: int = 5) -> float:
     """Seconds of one generator step (with its ``n_critic`` critic steps) at ``level``: a critic
     step is ~3 generator forwards + a critic pass over 3 batches with a double backward, a
     generator step ~one; both scale with the forward's work."""
-    per_image = _COST_PER_IMAGE + _COST_PER_MAC * _macs(config, channels, size, level)
+    per_image = _PER_IMAGE + _PER_MAC * _macs(config, channels, size, level) \
+        + _PER_ACTIVATION * _activations(config, size, level)
     return per_image * config.batch_size * (config.n_critic + 0.5)
 
 
