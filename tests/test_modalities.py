@@ -29,6 +29,8 @@ TINY_GENERATORS = {
                             select_every=2, select_samples=4, calibration_samples=8, checkpoint_every=2),
     "ddpm": dict(channels=[8, 8], attention=[False, True], norm_groups=4, head_channels=8, batch_size=4,
                  sampling_steps=3, train_timesteps=100, steps=2, checkpoint_every=2),
+    "pggan": dict(latent_dim=8, base_filters=4, max_filters=8, batch_size=4, fade_images=4, stable_images=4,
+                  steps=7, checkpoint_every=7),
 }
 
 
