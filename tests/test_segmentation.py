@@ -410,3 +410,12 @@ def test_ddp_two_ranks_agree(tmp_path):
         assert r0[key] == r1[key], key  # validation and evaluation agree across ranks
     assert [s for s, _ in r0["reports"]] == [s for s, _ in r1["reports"]] == [5, 10]
     assert all(has for _, has in r0["reports"]) and not any(has for _, has in r1["reports"])
+
+
+@pytest.mark.parametrize("architecture", ["uresnet", "fcn8s", "deepmedic2d"])
+def test_an_architecture_without_network_options_gets_its_own_defaults(architecture):
+    # The field's default options are the UNet's (doubling, batch_norm); a study that lists
+    # several architectures and no network section must still validate for every one.
+    config = build_segmentation_config({"architecture": architecture})
+    assert config.network == {}
+    assert build_segmentation_config({}).network["doubling"] is True  # the UNet's default stays

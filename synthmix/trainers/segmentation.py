@@ -134,6 +134,8 @@ def build_segmentation_config(d: dict[str, Any], source: str = "segmentation") -
     if d.get("budget") is not None and "max_steps" in d:
         problems.append("budget: give max_steps (optimiser steps) or budget (real exposures), not both")
     values = {k: v for k, v in d.items() if k in CONFIG_FIELDS}
+    if "network" not in values and values.get("architecture", "unet") != "unet":
+        values["network"] = {}  # the field's default options are the UNet's; others keep their builder's
     for key in ("betas", "early_stop", "window_size"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
