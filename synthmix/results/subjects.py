@@ -127,5 +127,5 @@ def stratify(table: pd.DataFrame, column: str, bins: int | None) -> tuple[pd.Dat
     strata = np.where(values.isna().to_numpy(), None, bin_of(values.to_numpy(dtype=float)))
     sizes = pd.Series(bin_of(per_subject.to_numpy(dtype=float))).value_counts().sort_index()
     note = (f"{column}: {k} quantile bins over {len(per_subject)} subjects: "
-            + "; ".join(f"{label} ({n} subjects)" for label, n in sizes.items()))
+            + "; ".join(f"{label} ({n} subject{'' if n == 1 else 's'})" for label, n in sizes.items()))
     return table.assign(**{column: strata}), [note]
