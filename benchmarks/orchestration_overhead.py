@@ -244,7 +244,8 @@ def main() -> None:
             study, store, plan = prepare_study(study_path, storage=root / "synthmix", name=name)
             print(f"repeat {r}: data preparation (phantom + cache, not timed) {time.perf_counter() - tick:.1f} s; "
                   f"{len(plan.cells)} cells", flush=True)
-            cells = [{**c, "cache_root": str(store.cache_dir), "train_storage": str(root / "bare" / str(r) / "train")}
+            cells = [{**c["spec"], **c["spec"]["data"], "cache_root": str(store.cache_dir),  # the typed spec, flat
+                      "train_storage": str(root / "bare" / str(r) / "train")}
                      for c in trial_configs(study, store, plan)]
             order = ["synthmix", "bare"] if r % 2 == 0 else ["bare", "synthmix"]
             for side in order:
