@@ -18,7 +18,6 @@ LeakyReLU(0.2).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from synthmix.errors import StudyError
 from synthmix.trainers.generators import GeneratorData, GeneratorFamily
 from synthmix.trainers.generators.augment import AugmentConfig, Augmenter, build_augment_config
 from synthmix.trainers.generators.encoding import JointEncoding, label_channels
+from synthmix.trainers.generators.options import option_key_problems
 from synthmix.trainers.generators.samplers import NoiseSampler
 from synthmix.trainers.generators.session import GeneratorSession
 from synthmix.trainers.generators.wgan import gradient_penalty
@@ -195,16 +195,9 @@ class DCGANConfig:
             raise StudyError(problems, source="generator config")
 
 
-MOVED = {"pool_size": "generator.pool.size", "quality_samples": "generator.quality.samples",
-         "seed": "the study's seed (each generator derives its own)"}
-
-
 def build_config(d: dict) -> DCGANConfig:
     """A DCGANConfig from a (YAML) dict; unknown keys are rejected by name."""
-    known = {f.name for f in dataclasses.fields(DCGANConfig)}
-    problems = [f"{k}: moved to {MOVED[k]}" for k in d if k in MOVED]
-    problems += [f"{k}: unknown dcgan_wgangp option (known: {', '.join(sorted(known))})"
-                 for k in sorted(set(d) - known - set(MOVED))]
+    problems = option_key_problems(DCGANConfig, d, family="dcgan_wgangp")
     if problems:
         raise StudyError(problems, source="generator config")
     values = dict(d)

@@ -59,7 +59,6 @@ a zero gradient moves nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -72,6 +71,7 @@ from synthmix.errors import StudyError
 from synthmix.trainers.generators import GeneratorData, GeneratorFamily
 from synthmix.trainers.generators.ddpm import EMA
 from synthmix.trainers.generators.encoding import JointEncoding, label_channels
+from synthmix.trainers.generators.options import option_key_problems
 from synthmix.trainers.generators.session import GeneratorSession
 from synthmix.trainers.generators.wgan import gradient_penalty
 from synthmix.trainers.synthetic import Samples
@@ -321,16 +321,9 @@ class PGGANConfig:
         return math.ceil(levels(size) * (self.fade_images + self.stable_images) / self.images_per_step)
 
 
-MOVED = {"pool_size": "generator.pool.size", "quality_samples": "generator.quality.samples",
-         "seed": "the study's seed (each generator derives its own)"}
-
-
 def build_config(d: dict) -> PGGANConfig:
     """A PGGANConfig from a (YAML) dict; unknown keys are rejected by name."""
-    known = {f.name for f in dataclasses.fields(PGGANConfig)}
-    problems = [f"{k}: moved to {MOVED[k]}" for k in d if k in MOVED]
-    problems += [f"{k}: unknown pggan option (known: {', '.join(sorted(known))})"
-                 for k in sorted(set(d) - known - set(MOVED))]
+    problems = option_key_problems(PGGANConfig, d, family="pggan")
     if problems:
         raise StudyError(problems, source="generator config")
     values = dict(d)
