@@ -31,6 +31,9 @@ TINY_GENERATORS = {
                  sampling_steps=3, train_timesteps=100, steps=2, checkpoint_every=2),
     "pggan": dict(latent_dim=8, base_filters=4, max_filters=8, batch_size=4, fade_images=4, stable_images=4,
                   steps=7, checkpoint_every=7),
+    "gansfer": dict(phase1=dict(latent_dim=8, base_filters=4, max_filters=8, batch_size=4, fade_images=4,
+                                stable_images=4, steps=7, checkpoint_every=7),
+                    phase2_steps=2, phase3_steps=2, warmup_cycles=1, warmup_critic_steps=2),
 }
 
 
@@ -71,8 +74,10 @@ def test_every_generator_family_learns_and_samples_every_modality(name, channels
     data = four_channel_slices(channels=channels, size=24)  # not a size the DCGAN builds: padded to 32
     spec = GeneratorSpec(key="k", name=name, seed=0, config=TINY_GENERATORS[name],
                          quality={"samples": 8, "reference_steps": 2})
-    artifact = train_generator(spec, GeneratorData(data), LocalContext(checkpoint_root=tmp_path / "c"),
-                               tmp_path / "artifact")
+    unlabelled = four_channel_slices(channels=channels, size=24).images if GENERATORS.get(name).uses_unlabelled \
+        else None  # a family that learns from unlabelled images gets some
+    artifact = train_generator(spec, GeneratorData(data, unlabelled=unlabelled),
+                               LocalContext(checkpoint_root=tmp_path / "c"), tmp_path / "artifact")
     masks = data.labels[:3] if GENERATORS.get(name).needs_masks else None  # conditional: the subset's masks
     samples = artifact.sample(3, seed=0, masks=masks)
     assert samples.images.shape == (3, channels, 24, 24) and samples.labels.shape == (3, 24, 24)

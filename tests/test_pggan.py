@@ -73,6 +73,7 @@ def test_registry_entry_shape_fit_and_cost():
         family.fit_shape(300, 20)
     base = pggan.PGGANConfig()
     assert family.cost(base, (64, 64)) > family.cost(base, (32, 32)) > 0
+    assert family.cost(base, (24, 30)) == family.cost(base, (32, 32))  # the padded size
     assert family.cost(pggan.PGGANConfig(steps=1200), (64, 64)) > family.cost(base, (64, 64))
     # the steps at low resolution are cheaper than at the model size
     assert pggan.step_seconds(base, 64, 0) < pggan.step_seconds(base, 64, 4)

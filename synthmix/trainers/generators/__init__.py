@@ -83,13 +83,14 @@ GENERATORS: Registry[GeneratorFamily] = Registry("generator")
 
 
 def _register() -> None:
-    from synthmix.trainers.generators import dcgan, ddpm, pggan, pix2pix, spade_two_stage
+    from synthmix.trainers.generators import dcgan, ddpm, gansfer, pggan, pix2pix, spade_two_stage
 
     GENERATORS.add("dcgan_wgangp", dcgan.FAMILY)
     GENERATORS.add("pix2pix", pix2pix.FAMILY)
     GENERATORS.add("spade_two_stage", spade_two_stage.FAMILY)
     GENERATORS.add("ddpm", ddpm.FAMILY)
     GENERATORS.add("pggan", pggan.FAMILY)
+    GENERATORS.add("gansfer", gansfer.FAMILY)
 
 
 _register()

@@ -184,6 +184,12 @@ class Generator(nn.Module):
     def uses_noise(self, level: int) -> bool:
         return level >= self.noise_level
 
+    def layers(self) -> list[nn.Module]:
+        """The layers that draw a model-size picture, input to output: the latent's dense layer,
+        the 4x4 convolution, each level's two convolutions, the last level's to_rgb (gansfer
+        freezes the final ones)."""
+        return [self.dense, self.conv0, *(conv for block in self.blocks for conv in block), self.to_rgb[self.last]]
+
     def forward(self, z: torch.Tensor, level: int | None = None, alpha: float = 1.0,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         level = self.last if level is None else level
@@ -413,8 +419,9 @@ def step_seconds(config: PGGANConfig, size: int, level: int, channels: int = 5) 
 
 
 def cost(config: PGGANConfig, shape: tuple[int, int]) -> float:
-    """Seconds on one CPU core: each step costs what its level costs (``step_seconds``)."""
-    size = shape[0]
+    """Seconds on one CPU core for slices of ``shape`` (padded to ``fit_shape``): each step costs
+    what its level costs (``step_seconds``)."""
+    size = fit_shape(*shape)[0]
     total, images, steps = 0.0, 0, 0
     # Walk the schedule a level at a time rather than step by step.
     while steps < config.steps:
@@ -432,8 +439,11 @@ def cost(config: PGGANConfig, shape: tuple[int, int]) -> float:
 
 # ---- training --------------------------------------------------------------------------------------
 
-def _networks(config: PGGANConfig, encoding: JointEncoding, size: int, seed: int) -> tuple[Generator, Critic]:
-    channels = encoding.image_channels + label_channels(encoding.num_classes)
+def _networks(config: PGGANConfig, encoding: JointEncoding, size: int, seed: int,
+              channels: int | None = None) -> tuple[Generator, Critic]:
+    """The generator and critic that ``seed`` initialises, for ``channels`` joint channels
+    (default: the shared encoding's)."""
+    channels = channels or encoding.image_channels + label_channels(encoding.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator = Generator(latent_dim=config.latent_dim, out_channels=channels, size=size,
@@ -456,58 +466,89 @@ def restart_moments(opts: dict) -> None:
         opt.state.clear()
 
 
-def train(config: PGGANConfig, data: GeneratorData, encoding: JointEncoding, session: GeneratorSession) -> dict:
-    """Grow from 4x4 to the model size (module docstring); every real batch is drawn from
-    ``data.labelled`` only (rule 3). Returns the EMA generator's weights with the phase."""
-    ctx, device, s = session.context, session.device, session
-    real = data.labelled
-    size = real.images.shape[-1]
-    check_budget(config, size)
-    joint = encoding.encode(torch.from_numpy(real.images), torch.from_numpy(real.labels)).to(device)
-    generator_module, critic_module = _networks(config, encoding, size, s.seed)
-    critic_module.mbstd.group_size = _largest_divisor(s.local_batch(config.batch_size), config.mbstd_group)
-    generator_module, critic_module = generator_module.to(device), critic_module.to(device)
-    ema = EMA(generator_module, config.ema_decay)
-    generator, critic = ctx.prepare_model(generator_module), ctx.prepare_model(critic_module)
-    adam = dict(lr=float(config.lr), betas=tuple(float(b) for b in config.betas), eps=1e-8)
-    opts = {"generator": torch.optim.Adam(generator.parameters(), **adam),
-            "critic": torch.optim.Adam(critic.parameters(), **adam)}
-    s.resume(models={"generator": generator, "critic": critic, "ema": ema.module}, optimizers=opts)
-    s.state.setdefault("images", 0)
-    s.state.setdefault("level", 0)
-    s.state.setdefault("alpha", 1.0)
-    s.state.setdefault("resolution", 4)
-    batch, latent = config.batch_size, config.latent_dim
+class Growing:
+    """One progressive-growing run on a session: the networks, their Adam optimisers and EMA,
+    and one generator step with its critic steps (``step``). ``pggan.train`` runs it to the
+    end; ``gansfer`` runs it as its phase 1. ``joint``: the real pictures (N, C, H, W) on the
+    device, in the channels the networks draw."""
 
-    def noise(level: int) -> torch.Tensor | None:
-        return s.randn(batch, 1, NOISE_RESOLUTION, NOISE_RESOLUTION) if generator_module.uses_noise(level) else None
+    def __init__(self, config: PGGANConfig, joint: torch.Tensor, session: GeneratorSession,
+                 generator_module: Generator, critic_module: Critic):
+        s, ctx = session, session.context
+        self.config, self.joint, self.session, self.size = config, joint, session, joint.shape[-1]
+        critic_module.mbstd.group_size = _largest_divisor(s.local_batch(config.batch_size), config.mbstd_group)
+        self.generator_module = generator_module.to(s.device)
+        self.ema = EMA(self.generator_module, config.ema_decay)
+        self.generator, self.critic = ctx.prepare_model(self.generator_module), ctx.prepare_model(critic_module.to(s.device))
+        self.opts = {"generator": torch.optim.Adam(self.generator.parameters(), **adam_options(config)),
+                     "critic": torch.optim.Adam(self.critic.parameters(), **adam_options(config))}
 
-    while s.step < config.steps:
-        level, alpha = phase(config, size, s.state["images"])
+    @property
+    def models(self) -> dict:
+        return {"generator": self.generator, "critic": self.critic, "ema": self.ema.module}
+
+    def start(self) -> None:
+        """The phase of a fresh run (after ``session.resume``, which restores a resumed one)."""
+        for key, value in (("images", 0), ("level", 0), ("alpha", 1.0), ("resolution", 4)):
+            self.session.state.setdefault(key, value)
+
+    def noise(self, level: int) -> torch.Tensor | None:
+        """000's noise maps for one global batch, when the level uses them."""
+        if not self.generator_module.uses_noise(level):
+            return None
+        return self.session.randn(self.config.batch_size, 1, NOISE_RESOLUTION, NOISE_RESOLUTION)
+
+    def step(self) -> dict:
+        s, config, generator, critic = self.session, self.config, self.generator, self.critic
+        batch, latent = config.batch_size, config.latent_dim
+        level, alpha = phase(config, self.size, s.state["images"])
         if level != s.state["level"]:
-            restart_moments(opts)
+            restart_moments(self.opts)
         s.state.update(level=level, alpha=alpha, resolution=4 * 2 ** level)
         for _ in range(config.n_critic):
-            reals = real_pictures(s.batch(joint, batch), level, alpha)
+            reals = real_pictures(s.batch(self.joint, batch), level, alpha)
             z, mix = s.randn(batch, latent), s.rand(batch, 1, 1, 1)
             with torch.no_grad():
-                fakes = generator(z, level, alpha, noise(level))
+                fakes = generator(z, level, alpha, self.noise(level))
             s_real, s_fake, penalty = gradient_penalty(lambda x: critic(x, level, alpha), reals, fakes, mix)
             wasserstein = s_real.mean() - s_fake.mean()
             critic_loss = -wasserstein + config.gp_lambda * penalty + config.drift * s_real.pow(2).mean()
-            opts["critic"].zero_grad(set_to_none=True)
-            critic_loss.backward()
-            opts["critic"].step()
+            _update(self.opts["critic"], critic_loss)
             s.state["images"] += batch
-        generator_loss = -critic(generator(s.randn(batch, latent), level, alpha, noise(level)), level, alpha).mean()
-        opts["generator"].zero_grad(set_to_none=True)
-        generator_loss.backward()
-        opts["generator"].step()
-        ema.update(generator_module, s.step)
-        s.end_step({"critic_loss": critic_loss.item(), "generator_loss": generator_loss.item(),
-                    "wasserstein": wasserstein.item(), "penalty": penalty.item()},
-                   weights=lambda: _sampling_weights(ema, s.state))
-    return _sampling_weights(ema, s.state)
+        generator_loss = -critic(generator(s.randn(batch, latent), level, alpha, self.noise(level)), level, alpha).mean()
+        _update(self.opts["generator"], generator_loss)
+        self.ema.update(self.generator_module, s.step)
+        return {"critic_loss": critic_loss.item(), "generator_loss": generator_loss.item(),
+                "wasserstein": wasserstein.item(), "penalty": penalty.item()}
+
+    def weights(self) -> dict:
+        """The sampling weights: the EMA generator with the phase it draws at."""
+        return _sampling_weights(self.ema, self.session.state)
+
+
+def adam_options(config: PGGANConfig) -> dict:
+    return dict(lr=float(config.lr), betas=tuple(float(b) for b in config.betas), eps=1e-8)
+
+
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def train(config: PGGANConfig, data: GeneratorData, encoding: JointEncoding, session: GeneratorSession) -> dict:
+    """Grow from 4x4 to the model size (module docstring); every real batch is drawn from
+    ``data.labelled`` only (rule 3). Returns the EMA generator's weights with the phase."""
+    real = data.labelled
+    size = real.images.shape[-1]
+    check_budget(config, size)
+    joint = encoding.encode(torch.from_numpy(real.images), torch.from_numpy(real.labels)).to(session.device)
+    growing = Growing(config, joint, session, *_networks(config, encoding, size, session.seed))
+    session.resume(models=growing.models, optimizers=growing.opts)
+    growing.start()
+    while session.step < config.steps:
+        session.end_step(growing.step(), weights=growing.weights)
+    return growing.weights()
 
 
 # ---- sampling --------------------------------------------------------------------------------------
