@@ -50,16 +50,22 @@ def _local_manifest(spec: CellSpec, store: StudyStore) -> str:
     return str(resolve_dataset(SimpleNamespace(dataset=dataset), store.data_dir))  # reads .dataset only
 
 
-def _data(spec: CellSpec):
-    """The cache entry, preprocessing, and the cell's real training subset normalised with
-    statistics from it alone (rule 4), plus a loader for other subjects with that normaliser."""
+def _entry(spec: CellSpec):
+    """(the study's cache entry on this node, the cell's preprocessing)."""
     from synthmix.datasets.cache import build_cache
-    from synthmix.datasets.loader import fit_normaliser, load_slices
     from synthmix.datasets.preprocess import build_preprocess_config
 
     store = StudyStore.at(spec.root)
     preprocess = build_preprocess_config(spec.data.preprocess)
-    entry = build_cache(_local_manifest(spec, store), preprocess, store.cache_dir)
+    return build_cache(_local_manifest(spec, store), preprocess, store.cache_dir), preprocess
+
+
+def _data(spec: CellSpec):
+    """The cache entry, preprocessing, and the cell's real training subset normalised with
+    statistics from it alone (rule 4), plus a loader for other subjects with that normaliser."""
+    from synthmix.datasets.loader import fit_normaliser, load_slices
+
+    entry, preprocess = _entry(spec)
     normaliser = fit_normaliser(entry, spec.split.train, preprocess)
 
     def load(subjects, *, training: bool = False, unlabelled: bool = False):
@@ -126,11 +132,30 @@ def _synthetic_source(spec: CellSpec, train, device):
     if spec.generator is None:
         return None, 0
     store = StudyStore.at(spec.root)
+    if spec.blocks:
+        pool = _block_pool(spec, store)
+        return pool, len(pool)
     if spec.pool.source == "pool":
         pool, _ = load_pool(store.local_artifact("pools", spec.pool.key))
         return pool, len(pool)
     artifact = GeneratorArtifact(store.local_artifact("generators", spec.generator.key))
     return on_the_fly(artifact, spec.pool.spec, train, device), -1
+
+
+def _block_pool(spec: CellSpec, store: StudyStore):
+    """The cell's pool from its blocks' pools (generator.block_size): each block's samples are
+    in the intensity space of its block's normaliser, so they are mapped into the cell's (fitted
+    on its whole subset, like its real data), then combined in equal shares."""
+    from synthmix.datasets.loader import fit_normaliser
+    from synthmix.datasets.mixing import pool_blocks, renormalise_pool
+    from synthmix.trainers.generators.pools import load_pool
+
+    entry, preprocess = _entry(spec)
+    cell = fit_normaliser(entry, spec.split.train, preprocess)
+    pools = [renormalise_pool(load_pool(store.local_artifact("pools", pool.key))[0],
+                              fit_normaliser(entry, job.subjects, preprocess), cell)
+             for job, pool in spec.blocks]
+    return pool_blocks(pools)
 
 
 def segmentation_flow(args: dict, context) -> dict:
@@ -217,12 +242,18 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
         return {}
     gen_timing, quality, pool_info = {"train_s": 0.0, "wait_s": 0.0}, {}, {}
     if spec.generator is not None:
-        gen_timing = _ensure("generators", spec.generator.key, store, spec, generator_flow, config)
+        # One generator (and pool) per block with generator.block_size, each trained once per
+        # key however many cells share it; the first block's quality figures go in the row.
+        for part in spec.block_specs():
+            part_config = {**config, "spec": part.to_dict()} if part is not spec else config
+            timing = _ensure("generators", part.generator.key, store, part, generator_flow, part_config)
+            if part.pool.source == "pool":
+                pool_timing = _ensure("pools", part.pool.key, store, part, pool_flow, part_config)
+                timing = {k: timing[k] + pool_timing[k] for k in ("train_s", "wait_s")}
+                info = store.pool_info(part.pool.key)
+                pool_info = {k: pool_info.get(k, 0) + info.get(k, 0) for k in ("drawn", "kept")}
+            gen_timing = {k: gen_timing[k] + timing[k] for k in ("train_s", "wait_s")}
         quality = store.generator_quality(spec.generator.key)
-        if spec.pool.source == "pool":
-            pool_timing = _ensure("pools", spec.pool.key, store, spec, pool_flow, config)
-            gen_timing = {k: gen_timing[k] + pool_timing[k] for k in ("train_s", "wait_s")}
-            pool_info = store.pool_info(spec.pool.key)
     if score == "generator":
         return {"cell_id": spec.cell_id, "generator_key": spec.generator.key,
                 **{f"gen_{k}": float(v) for k, v in _flat_quality(quality).items()}}

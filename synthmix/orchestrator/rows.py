@@ -21,7 +21,8 @@ Schema version 1, one row per cell, columns:
 - metrics on the test subjects (means over subjects): ``dice_mean``, ``dice_<c>``, ``hd95_mean``,
   ``hd95_<c>``, ``hd_mean``, ``hd_<c>``, ``iou_*``, ``precision_*``, ``recall_*``;
   ``best_step``, ``steps_done``
-- generator: ``generator_key`` (empty without one) and its quality figures ``gen_<name>``
+- generator: ``generator_key`` (empty without one; with blocks the first block's,
+  ``generator_blocks`` listing all as JSON) and its quality figures ``gen_<name>``
   (``gen_swd``, ``gen_swd_untrained``, ``gen_nn_distance``, ...)
 - timings in seconds: ``time_generator_train``, ``time_generator_wait``,
   ``time_segmentation_train``, ``time_evaluation``, ``time_cell``
@@ -86,6 +87,8 @@ def build_row(*, study: str, cell: dict, factors: list[str], mixing: dict, data:
     row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     row["generator_key"] = cell.get("generator_key") or ""
     row["pool_key"] = cell.get("pool_key") or ""
+    if cell.get("blocks"):  # generator.block_size: every block's generator key, in block order
+        row["generator_blocks"] = json.dumps([g for g, _ in cell["blocks"]])
     row.update({f"gen_{k}": float(v) for k, v in generator.items() if isinstance(v, (int, float))})
     row.update({f"time_{k}": float(v) for k, v in timings.items()})
     row.update(hardware())

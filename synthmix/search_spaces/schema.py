@@ -56,6 +56,8 @@ A fully commented example (every section; defaults noted)::
         filters: [{name: nearest_neighbour, percentile: 75}]   # SYNTHETIC_FILTERS
       quality: {samples: 512, reference_steps: 200}  # quality figures' sample count, FCN reference
       masks: {transform: false}    # conditional families: transform the subset's masks
+      # block_size: 6              # one generator per block of 6 subjects of a larger subset,
+                                   # their pools combined in equal shares (001 III-F)
     plugins: [my_lab.generators]   # modules imported first (driver and workers): your own
                                    # registry entries, e.g. a generator family
     mixing:
@@ -109,7 +111,7 @@ from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
             "generator", "mixing", "statistics", "resources", "tune")
-GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks")
+GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "block_size")
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator", "classes")
 CORRECTIONS = ("none", "holm", "bh")
@@ -164,6 +166,9 @@ class GeneratorSection:
     pool: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
+    # One generator per block of this many subjects of a larger subset, samples pooled (001
+    # III-F; expand.py and splits.training_blocks); None: one generator per subset.
+    block_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,8 @@ class Study:
         from its stored version only there reuses its trained generators (new pools, new cells)."""
         d = self.to_dict()
         kept = {k: d[k] for k in ("seed", "dataset", "split", "segmenter", "generator", "mixing")}
+        if kept["generator"] and kept["generator"].get("block_size") is None:
+            kept["generator"].pop("block_size", None)  # hashed only when set: older studies keep their ids
         if without_pool and kept["generator"]:
             kept["generator"] = {k: v for k, v in kept["generator"].items() if k != "pool"}
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
@@ -608,7 +615,9 @@ def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> Gen
             problems.add("generator.name", f"unknown generator {name!r}; known: {', '.join(known)}")
         configs = {name: _mapping(g.get("config", {}), "generator.config", problems, None)}
     shared = {k: dict(_mapping(g.get(k), f"generator.{k}", problems, None)) for k in ("select", "pool", "quality", "masks")}
-    section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()}, **shared)
+    block_size = _int(g, "block_size", "generator", problems, default=None, minimum=1, allow_none=True)
+    section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()}, **shared,
+                               block_size=block_size)
     registry = _import(_REGISTRIES["generator"])
     for name, cfg in section.configs.items():
         path = "generator.config" if "generator" not in factors else f"generator.configs.{name}"
@@ -711,6 +720,8 @@ def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | 
         need = max(study_factors.get("synthetic", (0,)))
         if pool_size < need:
             problems.add("generator.pool.size", f"{pool_size} is smaller than the largest synthetic count {need}")
+    if generator.block_size is not None and mixing.source == "on_the_fly":
+        problems.add("generator.block_size", "blocks pool their generators' fixed pools; use mixing.source: pool")
     filters = _import(("synthmix.trainers.synthetic", "SYNTHETIC_FILTERS"))
     if mixing.source == "on_the_fly" and filters is not None:
         for i, step in enumerate(generator.pool.get("filters") or []):
