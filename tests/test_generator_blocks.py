@@ -185,3 +185,25 @@ def test_two_blocks_through_a_real_ray_study(tmp_path: Path, monkeypatch) -> Non
     row = pd.read_parquet(store.row_file(cell["cell_id"])).to_dict("records")[0]
     assert row["n_synthetic_available"] == 64  # 2 blocks x 32, equal shares
     assert json.loads(row["generator_blocks"]) == list(blocks) and row["synthetic_draws"] > 0
+
+
+def test_phantom_age_ranges_and_truth_labels(tmp_path: Path):
+    from synthmix.datasets.manifest import read_manifest
+    from synthmix.datasets.phantom import write_phantom_dataset
+
+    plain = write_phantom_dataset(tmp_path / "plain", subjects=2, size=16, unlabelled=1)
+    again = write_phantom_dataset(tmp_path / "again", subjects=2, size=16, unlabelled=1, age=None, truth=False)
+    for name in ("sub-000", "sub-002"):  # the defaults draw byte-identical subjects
+        assert (plain.parent / f"images/{name}.nii.gz").read_bytes() == (again.parent / f"images/{name}.nii.gz").read_bytes()
+    shifted = write_phantom_dataset(tmp_path / "shifted", subjects=2, size=16, unlabelled=2, age=[20, 30],
+                                    unlabelled_age=[80, 90], truth=True)
+    m = read_manifest(shifted)
+    table = pd.read_csv(shifted)
+    assert table[table.labelled].age.between(20, 30).all() and table[~table.labelled].age.between(80, 90).all()
+    assert list(m.unlabelled_ids) == ["sub-002", "sub-003"] and (shifted.parent / "labels/sub-003.nii.gz").is_file()
+    with pytest.raises(Exception, match="unlabelled-age must be two ages"):
+        write_phantom_dataset(tmp_path / "bad", subjects=2, size=16, unlabelled_age=[50, 40])
+    raw = yaml.safe_load(GANSFER)
+    raw["dataset"]["phantom"]["unlabelled_age"] = [10, 40]
+    with pytest.raises(StudyError, match=r"dataset.phantom.unlabelled_age: must be \[low, high\]"):
+        validate_study(raw, "s.yaml")

@@ -259,7 +259,7 @@ def resolve_dataset(study: Study, data_root: str | Path) -> Path:
         return Path(study.dataset.manifest)
     from synthmix.datasets.phantom import write_phantom_dataset
 
-    params = asdict(study.dataset.phantom)
+    params = study.dataset.phantom.params()
     root = Path(data_root)
     final = root / f"phantom-{content_hash(params, 12)}"
     manifest = final / "manifest.csv"

@@ -142,6 +142,16 @@ class PhantomSpec:
     classes: int = 3
     unlabelled: int = 0
     seed: int = 0
+    age: tuple | None = None             # [low, high] of the labelled subjects' age covariate
+    unlabelled_age: tuple | None = None  # of the unlabelled ones (001: older)
+    truth: bool = False                  # write the unlabelled subjects' labels (not trained on)
+
+    def params(self) -> dict:
+        """write_phantom_dataset's arguments; the options added later only when set, so the
+        data folder and the fingerprint of a phantom without them stay what they were."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
+                if k in ("subjects", "size", "classes", "unlabelled", "seed") or v not in (None, False)}
 
 
 @dataclass(frozen=True)
@@ -253,6 +263,8 @@ class Study:
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
         if kept["mixing"].get("draw") == "fixed":  # the default: hashed as before it existed
             del kept["mixing"]["draw"]
+        if self.dataset.phantom is not None:
+            kept["dataset"]["phantom"] = self.dataset.phantom.params()
         if self.resources.workers != 1:
             kept["workers"] = self.resources.workers
         if self.classes:  # only then, so that studies without the factor keep their ids
@@ -328,6 +340,28 @@ def _choice(raw: dict, key: str, path: str, problems: _Problems, *, default: str
     return value
 
 
+def _bool(raw: dict, key: str, path: str, problems: _Problems, *, default: bool = False) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        problems.add(f"{path}.{key}", f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
+def _age_range(raw: dict, key: str, problems: _Problems) -> tuple | None:
+    """dataset.phantom.age / unlabelled_age: [low, high] within the phantom's covariate span."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    lo, hi = (20.0, 90.0)  # phantom.AGE_RANGE (not imported: the schema loads before the data code)
+    if not (isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and lo <= value[0] < value[1] <= hi):
+        problems.add(f"dataset.phantom.{key}", f"must be [low, high] ages with {lo:g} <= low < high <= {hi:g}, "
+                     f"got {value!r}")
+        return None
+    return tuple(float(v) for v in value)
+
+
 def _import(spec: tuple[str, str]) -> Any | None:
     """The named attribute, or None while its module is not written yet (any other import
     error is a bug and propagates)."""
@@ -377,7 +411,9 @@ def _dataset(raw: Any, base_dir: Path, problems: _Problems) -> DatasetSpec:
             size=_int(p, "size", "dataset.phantom", problems, default=dflt.size, minimum=16),
             classes=_int(p, "classes", "dataset.phantom", problems, default=dflt.classes, minimum=2),
             unlabelled=_int(p, "unlabelled", "dataset.phantom", problems, default=dflt.unlabelled, minimum=0),
-            seed=_int(p, "seed", "dataset.phantom", problems, default=dflt.seed, minimum=0))
+            seed=_int(p, "seed", "dataset.phantom", problems, default=dflt.seed, minimum=0),
+            age=_age_range(p, "age", problems), unlabelled_age=_age_range(p, "unlabelled_age", problems),
+            truth=_bool(p, "truth", "dataset.phantom", problems))
         known = _import(("synthmix.datasets.phantom", "PHANTOM_CLASSES"))
         if known is not None and phantom.classes not in known:
             problems.add("dataset.phantom.classes", f"{phantom.classes} is not one of {list(known)}")
