@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from synthmix.orchestrator import sleep_trainer
 from synthmix.orchestrator.generators import ensure_generator
 from synthmix.orchestrator.rows import (build_row, subject_metadata, subject_records, write_row,
-                                        write_subject_rows)
+                                        write_subject_rows, write_unlabelled_rows)
 from synthmix.orchestrator.spec import CellSpec
 from synthmix.orchestrator.store import StudyStore
 from synthmix.orchestrator.train_launch import Scaling, run_on_ray_train
@@ -179,7 +179,8 @@ def segmentation_flow(args: dict, context) -> dict:
     val = at_level(load(spec.split.val), "the validation data")
     # A tuning trial (score: validation) is evaluated on the validation subjects and loads no
     # test subject (rule 4).
-    test = val if args.get("score") == "validation" else at_level(load(spec.split.test), "the test data")
+    score = args.get("score", "test")
+    test = val if score == "validation" else at_level(load(spec.split.test), "the test data")
     config = build_segmentation_config(spec.segmenter)
     # The generator and its pool hold the full label set (one key serves every classes level):
     # clean-up references the full labels, then the samples are remapped like the real data.
@@ -193,7 +194,9 @@ def segmentation_flow(args: dict, context) -> dict:
     sampler = MIXING_POLICIES.get(spec.mixing["policy"]).build_sampler(
         spec.cell.factors["synthetic"], real=train, synthetic=synthetic, batch_size=config.batch_size,
         draw=spec.mixing.get("draw", "fixed"), base=n_real)
-    result = train_segmentation(config, SegmentationData(train=train, val=val, test=test, sampler=sampler), context)
+    unlabelled, known = _unlabelled_to_segment(spec, load, at_level) if score == "test" else (None, ())
+    result = train_segmentation(config, SegmentationData(train=train, val=val, test=test, sampler=sampler,
+                                                         unlabelled=unlabelled, unlabelled_known=known), context)
     metrics = {k: v for k, v in result.metrics.items() if k != "per_subject"}
     return {"metrics": {**metrics, "best_step": result.best_step, "steps_done": result.steps_done},
             "timings": result.timings, "n_train_slices": n_real, "n_augmented_slices": len(train) - n_real,
@@ -201,7 +204,25 @@ def segmentation_flow(args: dict, context) -> dict:
             "real_draws": result.real_draws, "synthetic_draws": result.synthetic_draws,
             "n_classes": train.num_classes, "class_names": list(level.names) if level is not None else None,
             "per_subject": result.metrics["per_subject"],
-            "subject_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)), list(spec.split.test))}
+            "subject_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)), list(spec.split.test)),
+            "unlabelled": result.unlabelled,
+            "unlabelled_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)),
+                                                    [r["subject"] for r in result.unlabelled])}
+
+
+def _unlabelled_to_segment(spec: CellSpec, load, at_level):
+    """evaluate: {unlabelled: true}: the split's unlabelled subjects, normalised like the cell's
+    real data, with the labels their manifest rows name anyway (a phantom's ``truth``) filled
+    in; (None, ()) otherwise. None of them is a validation or test subject (splits.py)."""
+    if not spec.evaluate.get("unlabelled") or not spec.split.unlabelled:
+        return None, ()
+    from synthmix.datasets.loader import with_known_labels
+    from synthmix.datasets.preprocess import build_preprocess_config
+
+    slices, known = with_known_labels(load(spec.split.unlabelled, unlabelled=True),
+                                      _local_manifest(spec, StudyStore.at(spec.root)),
+                                      build_preprocess_config(spec.data.preprocess))
+    return at_level(slices, "the unlabelled subjects' labels"), known
 
 
 # --- the Tune trial -----------------------------------------------------------------------------
@@ -280,6 +301,9 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     if score == "test":  # a tuning trial's scores are its own record (synthmix.orchestrator.tuning)
         write_subject_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["per_subject"],
                                                                 seg["subject_metadata"]))
+        if seg.get("unlabelled"):  # evaluate: {unlabelled: true}
+            write_unlabelled_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["unlabelled"],
+                                                                       seg["unlabelled_metadata"]))
         write_row(store, row)
     return row
 

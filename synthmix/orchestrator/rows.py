@@ -37,6 +37,12 @@ Per-subject rows: ``results/subjects/CELL_ID.parquet``, one row per test subject
 metadata columns (age, lesion load, ...; prefixed ``meta_`` where a name is taken) and every
 per-subject metric (``dice_mean``, ``dice_<c>``, ``hd95_<c>``, ...). Written before the cell's
 row, so a finished cell always has them.
+
+Unlabelled rows (``evaluate: {unlabelled: true}``): ``results/unlabelled/CELL_ID.parquet``, the
+same identity, factor and metadata columns, one row per unlabelled subject the cell's final
+model segmented: ``volume_<c>`` (mL of each predicted structure, c = 1 .. n_classes - 1) and,
+for a subject whose labels the dataset holds (a phantom's ``truth``), ``dice_mean``,
+``dice_<c>``, ``iou_*``, ... against them (NaN for the others). Written before the cell's row.
 """
 
 from __future__ import annotations
@@ -135,9 +141,17 @@ def subject_records(row: dict, factors: list[str], per_subject: list[dict],
 
 def write_subject_rows(store: StudyStore, cell_id: str, records: list[dict]) -> StoragePath:
     """Write the cell's per-subject table atomically to ``results/subjects/CELL_ID.parquet``."""
+    return _write_records(store.results_dir / "subjects" / f"{cell_id}.parquet", records)
+
+
+def write_unlabelled_rows(store: StudyStore, cell_id: str, records: list[dict]) -> StoragePath:
+    """Write the cell's unlabelled-subject table atomically to ``results/unlabelled/CELL_ID.parquet``."""
+    return _write_records(store.results_dir / "unlabelled" / f"{cell_id}.parquet", records)
+
+
+def _write_records(path: StoragePath, records: list[dict]) -> StoragePath:
     buffer = io.BytesIO()
     pd.DataFrame.from_records(records).to_parquet(buffer, index=False)
-    path = store.results_dir / "subjects" / f"{cell_id}.parquet"
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

@@ -49,6 +49,7 @@ class CellSpec:
     classes: dict | None = None  # factor classes: the cell's ClassLevel.to_dict(), else None
     # generator.block_size: (generator job, pool job) per block, when the cell has several
     blocks: tuple[tuple[GeneratorJob, PoolJob], ...] = ()
+    evaluate: dict = dataclasses.field(default_factory=dict)  # the study's evaluate section
 
     @property
     def cell_id(self) -> str:
@@ -114,5 +115,6 @@ def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> 
                                          "draw": study.mixing.draw},
             scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins),
             classes=_class_level(study, c),
-            blocks=tuple((plan.generator_jobs[g], plan.pool_jobs[p]) for g, p in c.blocks)))
+            blocks=tuple((plan.generator_jobs[g], plan.pool_jobs[p]) for g, p in c.blocks),
+            evaluate=asdict(study.evaluate)))
     return specs

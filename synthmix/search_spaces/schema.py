@@ -83,6 +83,11 @@ A fully commented example (every section; defaults noted)::
       metric: val_dice_mean
       sampler: {name: tpe, seed: 0}
       space: {segmenter.lr: {float: [1.0e-4, 1.0e-2], log: true}}
+    evaluate:                      # optional
+      unlabelled: false            # true: each cell's model also segments the unlabelled
+                                   # subjects (structure volumes + metadata, Dice where their
+                                   # labels are known: results/unlabelled/), for
+                                   # `synthmix results --stratify COLUMN` (001 Table II)
 
 ``fingerprint()`` hashes what can change a cell's result (seed, dataset, split, the real-amount
 levels, segmenter, generator, mixing, ``resources.workers``, and the ``tune:`` section with its frozen winner) and leaves out name,
@@ -110,7 +115,7 @@ from synthmix.datasets.mixing import DRAWS, MIXING_POLICIES, SOURCES
 from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
-            "generator", "mixing", "statistics", "resources", "tune")
+            "generator", "mixing", "statistics", "resources", "tune", "evaluate")
 GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "block_size")
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator", "classes")
@@ -197,6 +202,13 @@ class StatisticsSection:
 
 
 @dataclass(frozen=True)
+class EvaluateSection:
+    # Each cell's final model also segments the study's unlabelled subjects: their structure
+    # volumes (and Dice where the dataset holds their true labels) go to results/unlabelled/.
+    unlabelled: bool = False
+
+
+@dataclass(frozen=True)
 class ResourcesSection:
     workers: int = 1
     cpus_per_worker: float = 1
@@ -227,6 +239,7 @@ class Study:
     tune: Any = None   # tune_section.TuneSection: a search before the grid
     tuned: dict | None = None  # the search's winner frozen into this study: {parameters, trial, value}
     classes: tuple = ()  # class_levels.ClassLevel per level of factor classes, in level order
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
     @property
     def real_factor(self) -> str:
@@ -265,6 +278,8 @@ class Study:
             del kept["mixing"]["draw"]
         if self.dataset.phantom is not None:
             kept["dataset"]["phantom"] = self.dataset.phantom.params()
+        if self.evaluate.unlabelled:  # only then, so that studies without it keep their ids
+            kept["evaluate"] = d["evaluate"]
         if self.resources.workers != 1:
             kept["workers"] = self.resources.workers
         if self.classes:  # only then, so that studies without the factor keep their ids
@@ -809,13 +824,22 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     resources = _resources(top.get("resources"), problems)
     _cross_checks(factors, mixing, batch_size, generator, resources, problems, segmenter=segmenter)
     tune = _tune(top, factors, exclude, split, mixing, dataset, source, base_dir, problems)
+    evaluate = _evaluate(top.get("evaluate"), dataset, problems)
     problems = [p.lstrip(".") if p.startswith(".") else p for p in problems]
     if problems:
         raise StudyError(problems, source)
     return Study(name=name, seed=seed, description=description.strip(), dataset=dataset, split=split,
                  factors=factors, exclude=exclude, segmenter=segmenter, generator=generator, mixing=mixing,
                  statistics=statistics, resources=resources, source=source, batch_size=batch_size,
-                 plugins=plugins, tune=tune, classes=classes)
+                 plugins=plugins, tune=tune, classes=classes, evaluate=evaluate)
+
+
+def _evaluate(raw: Any, dataset: DatasetSpec, problems: _Problems) -> EvaluateSection:
+    e = _mapping(raw, "evaluate", problems, tuple(EvaluateSection.__dataclass_fields__))
+    section = EvaluateSection(unlabelled=_bool(e, "unlabelled", "evaluate", problems))
+    if section.unlabelled and dataset.phantom is not None and not dataset.phantom.unlabelled:
+        problems.add("evaluate.unlabelled", "the phantom has no unlabelled subjects (set dataset.phantom.unlabelled)")
+    return section
 
 
 def _class_levels(raw: Any, factors: dict, dataset: DatasetSpec, problems: _Problems) -> tuple:
