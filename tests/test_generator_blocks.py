@@ -134,11 +134,11 @@ name: toy-blocks
 seed: 0
 plugins: [test_toy_family]
 dataset:
-  phantom: {subjects: 10, size: 32, classes: 3, unlabelled: 2, seed: 0}
+  phantom: {subjects: 10, size: 32, classes: 3, unlabelled: 8, seed: 0, truth: true}
 split: {test: 0.2, val: 0.2, repeats: 1}
 factors:
   real_count: [4]
-  synthetic: [0.5]
+  synthetic: [0, 0.5]
   architecture: [unet]
 segmenter:
   network: {levels: 2, base_filters: 4}
@@ -153,11 +153,16 @@ generator:
   quality: {samples: 8, reference_steps: 1}
   pool: {size: 32}
 mixing: {policy: additive, source: pool, draw: fresh}
+evaluate: {unlabelled: true}
 """
 
 
 @pytest.mark.slow
-def test_two_blocks_through_a_real_ray_study(tmp_path: Path, monkeypatch) -> None:
+def test_two_blocks_through_a_real_ray_study(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Also 001's secondary analysis on this tiny study: evaluate: {unlabelled: true} writes each
+    cell's segmentation volumes of the unlabelled subjects (and their Dice: the phantom's truth),
+    and `synthmix results --stratify age` prints accuracy and AUC per cell."""
+    from synthmix.cli import main
     from synthmix.orchestrator.study_run import run_study
 
     tests_dir = str(Path(__file__).parent)
@@ -170,8 +175,9 @@ def test_two_blocks_through_a_real_ray_study(tmp_path: Path, monkeypatch) -> Non
     store = run_study(study, storage=tmp_path / "st", quiet=True)
 
     plan = json.loads((store.root / "plan.json").read_text())
-    assert plan["counts"]["cells"] == 1 and plan["counts"]["generator_trainings"] == 2
-    (cell,) = plan["cells"]
+    assert plan["counts"]["cells"] == 2 and plan["counts"]["generator_trainings"] == 2
+    baseline, cell = sorted(plan["cells"], key=lambda c: bool(c.get("blocks")))
+    assert not baseline["generator_key"]
     blocks = {j["key"]: j["subjects"] for j in plan["generator_jobs"]}
     assert [b[0] for b in cell["blocks"]] == list(blocks)
     (split,) = json.loads((store.root / "splits.json").read_text())["splits"]
@@ -181,7 +187,7 @@ def test_two_blocks_through_a_real_ray_study(tmp_path: Path, monkeypatch) -> Non
     assert sorted(t["subjects"] for t in trained) == sorted(blocks.values())
     assert sorted(s for b in blocks.values() for s in b) == sorted(split["train"])
     assert all(len(b) == 2 for b in blocks.values())
-    assert all(t["unlabelled"] == [2 * 16, 1, 32, 32] for t in trained)
+    assert all(t["unlabelled"] == [8 * 16, 1, 32, 32] for t in trained)
     row = pd.read_parquet(store.row_file(cell["cell_id"])).to_dict("records")[0]
     assert row["n_synthetic_available"] == 64  # 2 blocks x 32, equal shares
     assert json.loads(row["generator_blocks"]) == list(blocks) and row["synthetic_draws"] > 0
@@ -207,3 +213,19 @@ def test_phantom_age_ranges_and_truth_labels(tmp_path: Path):
     raw["dataset"]["phantom"]["unlabelled_age"] = [10, 40]
     with pytest.raises(StudyError, match=r"dataset.phantom.unlabelled_age: must be \[low, high\]"):
         validate_study(raw, "s.yaml")
+
+    # The secondary analysis: volumes + metadata + Dice of the 8 unlabelled subjects per cell.
+    for c in (baseline, cell):
+        unl = pd.read_parquet(store.results_dir / "unlabelled" / f"{c['cell_id']}.parquet")
+        assert sorted(unl.subject_id) == [f"sub-{i:03d}" for i in range(10, 18)]
+        assert {"volume_1", "volume_2", "age", "lesion_count", "dice_mean"} <= set(unl.columns)
+        assert (unl.volume_1 + unl.volume_2 > 0).all() and unl.dice_mean.between(0, 1).all()
+    assert main(["results", str(store.root), "--stratify", "age", "--cv-folds", "2", "--cv-repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert {"cell_id", "accuracy", "auc", "p_auc", "unlabelled_dice"} <= set(header)
+    for c in (baseline, cell):
+        line = next(l for l in out.splitlines() if l.startswith(c["cell_id"]) or f" {c['cell_id']} " in l)
+        auc = float(line.split()[header.index("auc")])
+        assert 0.0 <= auc <= 1.0
+    assert "2-fold stratified cross-validation x 3 repeats" in out
