@@ -69,3 +69,69 @@ def test_binary_targets_and_refusals():
     small = ResultSet(rows=results.rows.iloc[:3], factors=results.factors, baseline=results.baseline)
     with pytest.raises(ResultsError, match="at least 2 per class"):
         secondary_analysis(small, "age", folds=2, repeats=1)
+
+
+def test_the_evaluate_section_is_validated():
+    import yaml
+
+    from synthmix.errors import StudyError
+    from synthmix.search_spaces.presets import preset_path
+    from synthmix.search_spaces.schema import load_study, validate_study
+
+    assert load_study("bowles-gansfer").evaluate.unlabelled and not load_study("quickstart").evaluate.unlabelled
+    raw = yaml.safe_load(preset_path("quickstart").read_text())
+    before = validate_study(raw, "q.yaml").fingerprint()
+    raw["evaluate"] = {"unlabelled": False}
+    assert validate_study(raw, "q.yaml").fingerprint() == before  # hashed only when on
+    raw["evaluate"] = {"unlabelled": "yes", "volumes": True}
+    with pytest.raises(StudyError) as err:
+        validate_study(raw, "q.yaml")
+    text = str(err.value)
+    assert "evaluate.volumes: unknown key" in text and "evaluate.unlabelled: must be true or false" in text
+    raw["evaluate"] = {"unlabelled": True}
+    with pytest.raises(StudyError, match="evaluate.unlabelled: the phantom has no unlabelled subjects"):
+        validate_study(raw, "q.yaml")
+
+
+def test_segment_subjects_volumes_and_dice_where_the_labels_are_known(tmp_path):
+    """The unlabelled subjects' structure volumes (mL from the slices' spacing) and, for the one
+    whose truth the phantom wrote, its Dice against it: a 'network' that thresholds the image."""
+    import torch
+
+    from synthmix.datasets.cache import build_cache
+    from synthmix.datasets.loader import load_slices, with_known_labels
+    from synthmix.datasets.phantom import write_phantom_dataset
+    from synthmix.datasets.preprocess import build_preprocess_config
+    from synthmix.trainers.segmentation import segment_subjects
+
+    manifest = write_phantom_dataset(tmp_path / "d", subjects=2, size=16, classes=2, unlabelled=2, truth=True)
+    # Forget the second unlabelled subject's truth, as if the dataset had none for it.
+    table = pd.read_csv(manifest)
+    table.loc[table.subject_id == "sub-003", "label"] = ""
+    table.to_csv(manifest, index=False)
+    preprocess = build_preprocess_config({"axis": 2})
+    entry = build_cache(manifest, preprocess, tmp_path / "cache")
+    raw = load_slices(entry, ["sub-002", "sub-003"], normaliser=None, training=False, preprocess=preprocess,
+                      allow_unlabelled=True)
+    assert (raw.labels == 0).all()  # the cache never holds an unlabelled subject's labels
+    slices, known = with_known_labels(raw, manifest, preprocess)
+    assert known == ("sub-002",)
+    truth = slices.labels[slices.subject_ids == "sub-002"]
+    assert truth.any() and (slices.labels[slices.subject_ids == "sub-003"] == 0).all()
+
+    class Oracle(torch.nn.Module):  # predicts each slice's true labels (looked up by its image)
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.table = {s.tobytes(): l for s, l in zip(slices.images, slices.labels)}
+
+        def forward(self, x):
+            labels = torch.as_tensor(np.stack([self.table[s.numpy().tobytes()] for s in x]))
+            return torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float() + self.w
+
+    records = segment_subjects(Oracle(), slices, num_classes=2, known=known)
+    by_id = {r["subject"]: r for r in records}
+    spacing = slices.spacing["sub-002"]
+    assert by_id["sub-002"]["volume_1"] == pytest.approx(truth.sum() * np.prod(spacing) / 1000)
+    assert by_id["sub-002"]["dice_mean"] == pytest.approx(1.0)
+    assert "dice_mean" not in by_id["sub-003"] and by_id["sub-003"]["volume_1"] == 0.0
