@@ -229,3 +229,31 @@ def test_phantom_age_ranges_and_truth_labels(tmp_path: Path):
         auc = float(line.split()[header.index("auc")])
         assert 0.0 <= auc <= 1.0
     assert "2-fold stratified cross-validation x 3 repeats" in out
+
+
+def test_the_queue_makes_each_block_once_and_never_deadlocks():
+    """ReadyCells with blocks: the 6-subject cell trains block 1 (its generator and pool); the
+    12-subject cell waits for it (holding nothing), then makes block 2 only."""
+    from synthmix.orchestrator.capacity import QueuedCell, ReadyCells
+
+    done: set[str] = set()
+    six = QueuedCell("six", generator_key="g1", pool_key="p1", generator_seconds=10, segmentation_seconds=5)
+    twelve = QueuedCell("twelve", generator_key="g1", pool_key="p1", generator_seconds=20, segmentation_seconds=5,
+                        artifacts=("g1", "p1", "g2", "p2"), artifact_seconds=(10, 1, 10, 1))
+    cells = ReadyCells([twelve, six], done.__contains__)
+    first = cells.pop()
+    assert first.cell_id == "twelve"  # the longest making first: it makes g1, p1, g2, p2
+    assert cells.pop() is None  # six waits for g1, which twelve is making
+    done.update({"g1", "p1"})
+    assert cells.pop().cell_id == "six"  # block 1 is ready: six only trains its segmentation
+    cells.finished("twelve")
+    assert len(cells) == 0
+    # If the maker fails before block 2, the next cell needing it makes it.
+    done.clear()
+    cells = ReadyCells([twelve, QueuedCell("twelve-b", generator_key="g1", pool_key="p1", artifacts=("g1", "p1", "g2", "p2"),
+                                           artifact_seconds=(10, 1, 10, 1))], done.__contains__)
+    cells.pop()
+    done.update({"g1", "p1"})
+    assert cells.pop() is None  # g2 is being made
+    cells.finished("twelve")    # ... failed
+    assert cells.pop().cell_id == "twelve-b"
