@@ -195,6 +195,9 @@ class Plan:
                   self.data.render() if self.data is not None else "",
                   f"cells: {len(self.cells)}",
                   f"generator trainings (unique keys): {len(self.generator_jobs)}"]
+        if s.generator is not None and s.generator.block_size is not None:
+            lines.append(f"  one generator per block of {s.generator.block_size} subjects: "
+                         f"{sum(bool(c.blocks) for c in self.cells)} cells pool several blocks")
         if per_key:
             counts = sorted(per_key.values())
             lines.append(f"  cells per key: min {counts[0]}, max {counts[-1]}; "

@@ -12,6 +12,8 @@ A fully commented example (every section; defaults noted)::
     description: "what and why"    # free text, shown by `synthmix spaces list`
     dataset:                       # exactly one of phantom / manifest
       phantom: {subjects: 12, size: 32, classes: 3, unlabelled: 0, seed: 0}   # built-in data
+      # phantom options: age: [20, 50], unlabelled_age: [40, 90] (age-covariate ranges, within
+      # 20-90), truth: true (also write the unlabelled subjects' labels, never trained on)
       # manifest: data/manifest.csv  # a NIfTI manifest, relative to this YAML file
       preprocess: {axis: 2}        # synthmix.datasets.preprocess options (default: none)
     split:                         # exactly one of folds / test+val
