@@ -192,6 +192,22 @@ def test_two_blocks_through_a_real_ray_study(tmp_path: Path, monkeypatch, capsys
     assert row["n_synthetic_available"] == 64  # 2 blocks x 32, equal shares
     assert json.loads(row["generator_blocks"]) == list(blocks) and row["synthetic_draws"] > 0
 
+    # The secondary analysis: volumes + metadata + Dice of the 8 unlabelled subjects per cell.
+    for c in (baseline, cell):
+        unl = pd.read_parquet(store.results_dir / "unlabelled" / f"{c['cell_id']}.parquet")
+        assert sorted(unl.subject_id) == [f"sub-{i:03d}" for i in range(10, 18)]
+        assert {"volume_1", "volume_2", "age", "lesion_count", "dice_mean"} <= set(unl.columns)
+        assert (unl.volume_1 + unl.volume_2 > 0).all() and unl.dice_mean.between(0, 1).all()
+    assert main(["results", str(store.root), "--stratify", "age", "--cv-folds", "2", "--cv-repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert {"cell_id", "accuracy", "auc", "p_auc", "unlabelled_dice"} <= set(header)
+    for c in (baseline, cell):
+        line = next(l for l in out.splitlines() if l.startswith(c["cell_id"]) or f" {c['cell_id']} " in l)
+        auc = float(line.split()[header.index("auc")])
+        assert 0.0 <= auc <= 1.0
+    assert "2-fold stratified cross-validation x 3 repeats" in out
+
 
 def test_phantom_age_ranges_and_truth_labels(tmp_path: Path):
     from synthmix.datasets.manifest import read_manifest
@@ -214,21 +230,6 @@ def test_phantom_age_ranges_and_truth_labels(tmp_path: Path):
     with pytest.raises(StudyError, match=r"dataset.phantom.unlabelled_age: must be \[low, high\]"):
         validate_study(raw, "s.yaml")
 
-    # The secondary analysis: volumes + metadata + Dice of the 8 unlabelled subjects per cell.
-    for c in (baseline, cell):
-        unl = pd.read_parquet(store.results_dir / "unlabelled" / f"{c['cell_id']}.parquet")
-        assert sorted(unl.subject_id) == [f"sub-{i:03d}" for i in range(10, 18)]
-        assert {"volume_1", "volume_2", "age", "lesion_count", "dice_mean"} <= set(unl.columns)
-        assert (unl.volume_1 + unl.volume_2 > 0).all() and unl.dice_mean.between(0, 1).all()
-    assert main(["results", str(store.root), "--stratify", "age", "--cv-folds", "2", "--cv-repeats", "3"]) == 0
-    out = capsys.readouterr().out
-    header = out.splitlines()[0].split()
-    assert {"cell_id", "accuracy", "auc", "p_auc", "unlabelled_dice"} <= set(header)
-    for c in (baseline, cell):
-        line = next(l for l in out.splitlines() if l.startswith(c["cell_id"]) or f" {c['cell_id']} " in l)
-        auc = float(line.split()[header.index("auc")])
-        assert 0.0 <= auc <= 1.0
-    assert "2-fold stratified cross-validation x 3 repeats" in out
 
 
 def test_the_queue_makes_each_block_once_and_never_deadlocks():
@@ -257,3 +258,23 @@ def test_the_queue_makes_each_block_once_and_never_deadlocks():
     assert cells.pop() is None  # g2 is being made
     cells.finished("twelve")    # ... failed
     assert cells.pop().cell_id == "twelve-b"
+
+
+def test_the_pool_size_check_counts_each_block_s_share(tmp_path: Path):
+    """4 subjects x 16 slices at +50% draw 32 distinct synthetic samples: 16 from each of the two
+    blocks' pools. A pool of 16 is enough with blocks of 2 and too small without."""
+    from synthmix.datasets.phantom import write_phantom_dataset
+    from synthmix.search_spaces.expand import expand_study
+
+    manifest = write_phantom_dataset(tmp_path / "d", subjects=10, size=32, classes=3, unlabelled=8, truth=True)
+    raw = yaml.safe_load(BLOCK_STUDY)
+    raw["generator"]["pool"] = {"size": 16}
+    raw["mixing"]["draw"] = "fixed"
+    del raw["dataset"]["phantom"]
+    raw["dataset"]["manifest"] = str(manifest)
+    del raw["evaluate"]
+    plan = expand_study(validate_study(raw, "s.yaml"), manifest)
+    assert len(plan.generator_jobs) == 2
+    del raw["generator"]["block_size"]
+    with pytest.raises(StudyError, match=r"generator.pool.size: 16 is too small.* 32 distinct"):
+        expand_study(validate_study(raw, "s.yaml"), manifest)
