@@ -94,8 +94,9 @@ def secondary_analysis(results: ResultSet, column: str, *, baseline: str | None 
     if not volumes:
         raise ResultsError("--stratify: the unlabelled table has no volume_<c> columns")
     factors = [f for f in results.factors if f in table.columns]
-    subjects = sorted(table.loc[table[column].notna(), "subject_id"].astype(str).unique())
-    label_of = table.drop_duplicates("subject_id").set_index(table.drop_duplicates("subject_id")["subject_id"].astype(str))[column]
+    first = table.assign(subject_id=table["subject_id"].astype(str)).drop_duplicates("subject_id")
+    label_of = first.set_index("subject_id")[column].dropna()  # a subject's metadata is the same in every cell
+    subjects = sorted(label_of.index)
     target = binary_target(label_of.loc[subjects], column)
     k = cv_folds_for(target, folds)
 
