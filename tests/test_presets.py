@@ -15,7 +15,8 @@ from synthmix.search_spaces.presets import preset_header, preset_names, preset_p
 # (cells, generator trainings) each preset's header promises.
 EXPECTED = {"quickstart": (12, 6), "bowles2018-table2": (144, 24), "neff2018": (18, 3),
             "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3), "lcgan2019": (12, 3),
-            "brats-two-stage": (21, 2)}
+            "brats-two-stage": (21, 2), "bowles2018-table3": (96, 24), "bowles2018-synthetic-sweep": (144, 24),
+            "bowles2018-fraction-sweep": (160, 80), "bowles2018-mr": (126, 42), "bowles-gansfer": (125, 30)}
 
 
 def test_the_required_presets_ship():
@@ -93,3 +94,23 @@ def test_paper_presets_plan_whole_designs(name, unit, capsys, tmp_path):
         assert all(levels == {7, 4, 2} for levels in per_key.values())  # one generator serves every level
     else:
         assert "model selection over training lengths is not yet available" in " ".join(preset_header(name).split())
+
+
+def test_bowles_gansfer_plans_30_generators_6_per_fold_on_an_older_unlabelled_pool(capsys, tmp_path):
+    """001's design: `synthmix plan --format json` on the phantom it writes: 125 cells, one
+    generator per block of at most 6 labelled subjects, 6 per fold, each also given the older
+    unlabelled subjects (gansfer)."""
+    import pandas as pd
+
+    assert main(["plan", "bowles-gansfer", "--format", "json", "--data-root", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["counts"]["cells"] == 125 and data["counts"]["generator_trainings"] == 30
+    jobs = data["generator_jobs"]
+    assert sorted(j["fold"] for j in jobs) == [f for f in range(5) for _ in range(6)]
+    assert all(1 <= len(j["subjects"]) <= 6 and len(j["unlabelled"]) == 40 for j in jobs)
+    assert sum(1 for c in data["cells"] if len(c.get("blocks", ())) == 4) == 20  # 24 labelled: 4 ratios x 5 folds
+    manifest = pd.read_csv(data["manifest"])
+    labelled, unlabelled = manifest[manifest.labelled], manifest[~manifest.labelled]
+    assert labelled.age.between(20, 50).all() and unlabelled.age.between(40, 90).all()
+    assert unlabelled.lesion_count.mean() > labelled.lesion_count.mean()
+    assert unlabelled.label.notna().all()  # truth: written, never trained on (labelled false)

@@ -20,6 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "enhancing rim, white matter, grey matter, CSF) (default 4)")
     p.add_argument("--unlabelled", type=int, default=0, help="extra subjects without labels (GANsfer)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--age", type=_floats, metavar="LOW,HIGH",
+                   help="age-covariate range of the labelled subjects, within 20,90 (default 20,90)")
+    p.add_argument("--unlabelled-age", type=_floats, metavar="LOW,HIGH",
+                   help="age range of the unlabelled subjects (default: --age); older ones have more "
+                   "lesions and larger ventricles (001's unlabelled pool)")
+    p.add_argument("--truth", action="store_true", help="also write the unlabelled subjects' label maps "
+                   "(labelled false: never trained on; scored by evaluate: {unlabelled: true})")
     p.set_defaults(handler=_phantom)
 
     s = data_sub.add_parser("split", help="print the subject splits a study would use")
@@ -55,7 +62,8 @@ def _phantom(args: argparse.Namespace) -> int:
     from synthmix.datasets.phantom import write_phantom_dataset
 
     manifest = write_phantom_dataset(args.out, subjects=args.subjects, size=args.size,
-                                     classes=args.classes, unlabelled=args.unlabelled, seed=args.seed)
+                                     classes=args.classes, unlabelled=args.unlabelled, seed=args.seed,
+                                     age=args.age, unlabelled_age=args.unlabelled_age, truth=args.truth)
     print(f"wrote {manifest}")
     print(inspect_dataset(manifest).render())
     return 0

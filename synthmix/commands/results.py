@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--by", metavar="COLUMN", help="with --per-subject: stratify by a subject metadata "
                    "column (age, lesion_load, ...)")
     p.add_argument("--bins", type=int, help="with --by: quantile bins of a numeric column (default 3)")
+    p.add_argument("--stratify", metavar="COLUMN", help="001's secondary analysis (Table II): per cell, a "
+                   "logistic regression on its segmentations' structure volumes of the unlabelled subjects "
+                   "(evaluate: {unlabelled: true}) predicts COLUMN above its median; accuracy and AUC over "
+                   "repeated stratified cross-validation, each cell tested against its baseline cell")
+    p.add_argument("--cv-folds", type=int, default=5, help="with --stratify: folds (default 5, as 001)")
+    p.add_argument("--cv-repeats", type=int, default=100, help="with --stratify: repeats (default 100, as 001)")
     p.add_argument("--x", help="x-axis factor of the plot (default real_fraction or real_count)")
     p.add_argument("--tune", action="store_true", help="the tuning stage's trials instead, best first, "
                    "and the winner frozen into the grid (--format table, markdown, csv or json)")
@@ -63,6 +69,8 @@ def _results(args: argparse.Namespace) -> int:
         print(render_trials(read_tuning(args.source, storage=args.storage), args.format, digits=args.digits + 1))
         return 0
 
+    if args.stratify:
+        return _secondary(args)
     test, correction, alpha = ("student", "none", 0.05) if args.paper else (args.test, args.correction, args.alpha)
     if (args.by or args.bins) and not args.per_subject:
         raise ResultsError("--by and --bins stratify per-subject results: add --per-subject")
@@ -82,5 +90,21 @@ def _results(args: argparse.Namespace) -> int:
     print(render(analysis, args.format, digits=args.digits))
     if args.format in ("csv", "json"):  # keep stdout machine-readable
         for line in footer(analysis):
+            print(line, file=sys.stderr)
+    return 0
+
+
+def _secondary(args: argparse.Namespace) -> int:
+    from synthmix.results.secondary import render_secondary, secondary_analysis
+    from synthmix.results.store import ResultsError, read_unlabelled_results
+
+    if args.cv_folds < 2 or args.cv_repeats < 1:
+        raise ResultsError("--cv-folds must be at least 2 and --cv-repeats at least 1")
+    cells, footer = secondary_analysis(read_unlabelled_results(args.source, storage=args.storage), args.stratify,
+                                       baseline=args.baseline, folds=args.cv_folds, repeats=args.cv_repeats,
+                                       correction=args.correction, alpha=args.alpha)
+    print(render_secondary(cells, footer, args.format if args.format != "latex" else "table", digits=args.digits))
+    if args.format in ("csv", "json"):
+        for line in footer:
             print(line, file=sys.stderr)
     return 0

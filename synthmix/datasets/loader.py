@@ -84,3 +84,30 @@ def prepare_split_data(manifest_path: str | Path | Any, split: Split, preprocess
     val = load_slices(entry, split.val, normaliser=normaliser, training=False, preprocess=preprocess)
     test = load_slices(entry, split.test, normaliser=normaliser, training=False, preprocess=preprocess)
     return train, val, test, normaliser
+
+
+def with_known_labels(slices: SliceSet, manifest_path: str | Path, preprocess: PreprocessConfig) -> tuple[SliceSet, tuple[str, ...]]:
+    """Unlabelled subjects' slices with the label maps their manifest rows name anyway (a
+    phantom written with ``truth``: ``labelled`` false, so nothing trains on them), decoded and
+    sliced exactly as the cache slices a labelled subject. Returns the slices (labels filled in
+    where known, zeros elsewhere) and the subjects whose labels are known. Only an evaluation
+    reads them (``evaluate: {unlabelled: true}``)."""
+    from dataclasses import replace
+
+    from synthmix.datasets.cache import subject_slices
+    from synthmix.datasets.manifest import read_manifest
+
+    records = {r.subject_id: r for r in read_manifest(manifest_path).subjects}
+    labels, known = slices.labels.copy(), []
+    for sid in dict.fromkeys(slices.subject_ids.tolist()):
+        record = records.get(sid)
+        if record is None or record.labelled or record.label_path is None:
+            continue
+        truth = subject_slices(replace(record, labelled=True), preprocess)[1]
+        rows = np.flatnonzero(slices.subject_ids == sid)
+        rows = rows[np.argsort(slices.positions[rows], kind="stable")]
+        if len(truth) != len(rows):
+            raise DataError(f"subject {sid!r}: its label map gives {len(truth)} slices, its image {len(rows)}")
+        labels[rows] = truth  # both in volume order: the cache keeps every slice of a subject
+        known.append(sid)
+    return replace(slices, labels=labels), tuple(known)

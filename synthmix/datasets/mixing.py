@@ -40,6 +40,13 @@ default ``len(real)``): an offline augmentation (``trainers.offline_augmentation
 transformed copies of the real slices to ``real``, which are drawn as real data but do not
 raise the synthetic amount, so 002's {none, GAN, traditional, both} hold N, 2N, 2N and 3N items.
 
+Generator blocks (``generator.block_size``, 001 III-F: one GAN per block of 6 subjects, their
+samples combined): a cell's pool is ``pool_blocks`` of its blocks' pools, an equal share of each.
+The blocks' samples are interleaved round-robin (block 1's first, block 2's first, ..., block 1's
+second, ...) and cut to the smallest block pool times the number of blocks, so the whole pool
+and every prefix of it (what ``fixed`` draws take) hold each block's samples equally. Each block
+pool lives in its own block's intensity space; ``renormalise_pool`` maps it into the cell's.
+
 Real draws always go through the segmentation trainer's ``RealSampler`` so that a baseline cell
 and a mixed cell see real data the same way; drawing "uniformly over real ∪ synthetic" is done as
 k ~ Binomial(B, m / (n + m)) synthetic draws plus B - k real draws, which has the same law.
@@ -427,6 +434,35 @@ for _policy in (Additive(), Probability(), Minibatch(), Count(), SyntheticOnly()
 SOURCES = ("pool", "on_the_fly")
 """Where synthetic samples come from: a fixed pool generated once per generator key, or the
 generator itself during segmentation training."""
+
+
+# --- generator blocks ----------------------------------------------------------------------------
+
+
+def pool_blocks(pools: list[SyntheticPool]) -> SyntheticPool:
+    """One pool from the pools of a cell's generator blocks, an equal share of each, interleaved
+    so that every prefix is balanced too (see the module docstring)."""
+    if not pools:
+        raise DataError("mixing: no block pool to combine")
+    n = min(len(p) for p in pools)
+    if n == 0:
+        raise DataError(f"mixing: a block's pool is empty (pool sizes {[len(p) for p in pools]})")
+    images = np.stack([p.images[:n] for p in pools], axis=1).reshape(n * len(pools), *pools[0].images.shape[1:])
+    labels = np.stack([p.labels[:n] for p in pools], axis=1).reshape(n * len(pools), *pools[0].labels.shape[1:])
+    meta = {"blocks": [p.meta for p in pools], "per_block": n}
+    return SyntheticPool(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels), meta=meta)
+
+
+def renormalise_pool(pool: SyntheticPool, source: Any, target: Any) -> SyntheticPool:
+    """``pool``'s images moved from normaliser ``source``'s intensity space into ``target``'s
+    (both ``preprocess.Normaliser``): undo source's affine map, apply target's."""
+    if source == target:
+        return pool
+    shape = (1, -1) + (1,) * (pool.images.ndim - 2)
+    shift = np.asarray(source.shift, dtype=np.float32).reshape(shape)
+    scale = np.asarray(source.scale, dtype=np.float32).reshape(shape)
+    raw = pool.images * scale + shift if source.method != "none" else pool.images
+    return SyntheticPool(target.apply(raw), pool.labels, meta=dict(pool.meta))
 
 
 @dataclass(frozen=True)

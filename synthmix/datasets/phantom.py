@@ -7,7 +7,9 @@ download. Each subject has real variance for a GAN and an augmentation to learn:
   white matter, deep grey nuclei, an interhemispheric fissure, two lateral ventricles and
   white-matter lesions;
 * an age-like covariate (20-90) that enlarges the ventricles and the CSF rim (atrophy) and
-  raises the expected number of lesions;
+  raises the expected number of lesions; ``age`` and ``unlabelled_age`` narrow its range for the
+  labelled and the unlabelled subjects (001's unlabelled pool is older than its labelled set,
+  and so, through the covariate, has more lesions and larger ventricles);
 * lesions of random number, size, shape and place;
 * a random rigid pose (rotation + translation) applied to the anatomy inside the voxel grid,
   not to the header: every subject has the same affine, like CT scans that were never
@@ -31,6 +33,10 @@ is a necrotic core inside an enhancing rim inside irregular peritumoral oedema; 
 004's order: 0 background, 1 necrotic core, 2 oedema, 3 enhancing rim, 4 white matter, 5 grey
 matter, 6 CSF (so 004's 4-class problem is ``{4: 0, 5: 0, 6: 0}``). Tumour tissues have their
 own intensities in the image (core dark, oedema brighter than white matter, rim brightest).
+
+``truth``: the unlabelled subjects' label maps are written too, in the manifest's ``label``
+column with ``labelled`` false, so nothing trains on them but an evaluation can score a
+segmentation of them (001 needed MALPEM as a surrogate; a phantom knows the truth).
 
 Every random choice comes from ``np.random.default_rng([seed, subject_index])``: a subject does
 not change when more subjects are asked for, and the same arguments give byte-identical files
@@ -89,6 +95,7 @@ HEAD_RADII_MM = np.array([66.0, 82.0, 64.0])  # left-right, posterior-anterior, 
 SCALP_MM, SKULL_MM = 4.0, 6.0
 MAX_ROTATION_DEG = np.array([8.0, 6.0, 12.0])  # about x (pitch), y (roll), z (in-plane yaw)
 MAX_SHIFT_MM = np.array([8.0, 8.0, 6.0])
+AGE_RANGE = (20.0, 90.0)  # the covariate's span: atrophy and lesion rate are linear over it
 
 
 def phantom_geometry(size: int) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -249,11 +256,12 @@ def _rotation(rng: np.random.Generator, max_deg: np.ndarray) -> np.ndarray:
     return Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg), degrees=True).as_matrix()
 
 
-def draw_anatomy(rng: np.random.Generator) -> Anatomy:
+def draw_anatomy(rng: np.random.Generator, age_range: tuple[float, float] = AGE_RANGE) -> Anatomy:
     """Draw one subject's anatomy. ``a`` in [0, 1], the normalised age, drives atrophy
-    (ventricles, CSF rim, fissure grow; cortex thins) and the expected lesion count."""
-    age = float(rng.uniform(20, 90))
-    a = (age - 20) / 70
+    (ventricles, CSF rim, fissure grow; cortex thins) and the expected lesion count. The age is
+    uniform over ``age_range`` (one draw whatever the range, so other draws keep their place)."""
+    age = float(rng.uniform(*age_range))
+    a = (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0])
     head = HEAD_RADII_MM * rng.uniform(0.93, 1.05) * rng.uniform(0.97, 1.03, size=3)
     ventricle_scale = (0.65 + 0.85 * a) * float(np.exp(rng.normal(0, 0.08)))
     ventricles = tuple(
@@ -302,12 +310,12 @@ class PhantomSubject:
     ventricle_volume_ml: float
 
 
-def make_subject(rng: np.random.Generator, size: int, tumour_rng: np.random.Generator | None = None
-                 ) -> PhantomSubject:
+def make_subject(rng: np.random.Generator, size: int, tumour_rng: np.random.Generator | None = None,
+                 age_range: tuple[float, float] = AGE_RANGE) -> PhantomSubject:
     """Draw and render one subject at the given in-plane size. With ``tumour_rng`` (classes=7)
     the subject's lesions give way to one tumour and ``label`` holds the 7-class label."""
     shape, affine = phantom_geometry(size)
-    anatomy = draw_anatomy(rng)
+    anatomy = draw_anatomy(rng, tuple(age_range))
     if tumour_rng is not None:
         anatomy = replace(anatomy, lesions=())
         anatomy = replace(anatomy, tumour=draw_tumour(tumour_rng, anatomy))
@@ -364,8 +372,16 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
 
 
-def _check_arguments(subjects: int, size: int, classes: int, unlabelled: int) -> None:
+def _check_arguments(subjects: int, size: int, classes: int, unlabelled: int, ages: dict | None = None) -> None:
     problems = []
+    for name, value in (ages or {}).items():
+        if value is None:
+            continue
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok or not AGE_RANGE[0] <= value[0] < value[1] <= AGE_RANGE[1]:
+            problems.append(f"--{name.replace('_', '-')} must be two ages LOW < HIGH within "
+                            f"{AGE_RANGE[0]:g}-{AGE_RANGE[1]:g}, got {value!r}")
     if subjects < 1:
         problems.append(f"--subjects must be at least 1, got {subjects}")
     if size < 16:
@@ -379,16 +395,20 @@ def _check_arguments(subjects: int, size: int, classes: int, unlabelled: int) ->
 
 
 def write_phantom_dataset(out_dir: str | Path, *, subjects: int = 20, size: int = 64, classes: int = 4,
-                          unlabelled: int = 0, seed: int = 0) -> Path:
+                          unlabelled: int = 0, seed: int = 0, age: tuple[float, float] | None = None,
+                          unlabelled_age: tuple[float, float] | None = None, truth: bool = False) -> Path:
     """Write ``subjects`` labelled and ``unlabelled`` unlabelled phantom subjects under ``out_dir``
     (``images/``, ``labels/``, ``manifest.csv``, ``phantom.json``) and return the manifest path.
 
     Manifest columns: subject_id, image, label (empty for unlabelled), labelled, age,
     lesion_load (mL), lesion_count, ventricle_volume (mL); paths relative to ``out_dir``. With
     ``classes=7`` the lesion columns describe the tumour (its three classes together).
-    Unlabelled subjects come after the labelled ones and are drawn the same way.
+    Unlabelled subjects come after the labelled ones and are drawn the same way, their age over
+    ``unlabelled_age`` (default: ``age``, default the full 20-90); with ``truth`` their label
+    maps are written as well, with ``labelled`` false (see the module docstring).
     """
-    _check_arguments(subjects, size, classes, unlabelled)
+    _check_arguments(subjects, size, classes, unlabelled, {"age": age, "unlabelled_age": unlabelled_age})
+    ages = (tuple(age or AGE_RANGE), tuple(unlabelled_age or age or AGE_RANGE))
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if subjects:
@@ -402,11 +422,12 @@ def write_phantom_dataset(out_dir: str | Path, *, subjects: int = 20, size: int 
         subject_id = f"sub-{index:03d}"
         labelled = index < subjects
         tumour_rng = np.random.default_rng([seed, index, TUMOUR_CLASSES]) if classes == TUMOUR_CLASSES else None
-        subject = make_subject(np.random.default_rng([seed, index]), size, tumour_rng)
+        subject = make_subject(np.random.default_rng([seed, index]), size, tumour_rng, ages[0 if labelled else 1])
         image = f"images/{subject_id}.nii.gz"
-        label = f"labels/{subject_id}.nii.gz" if labelled else ""
+        label = f"labels/{subject_id}.nii.gz" if labelled or truth else ""
         _write_nifti(out / image, subject.image, affine)
-        if labelled:
+        if label:
+            (out / "labels").mkdir(exist_ok=True)
             _write_nifti(out / label, merge[subject.label], affine)
         rows.append({
             "subject_id": subject_id, "image": image, "label": label, "labelled": labelled,
@@ -417,6 +438,8 @@ def write_phantom_dataset(out_dir: str | Path, *, subjects: int = 20, size: int 
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False, lineterminator="\n")
     info = {"generator": "synthmix phantom", "subjects": subjects, "unlabelled": unlabelled, "size": size,
+            **({"age": list(age)} if age else {}), **({"unlabelled_age": list(unlabelled_age)} if unlabelled_age else {}),
+            **({"truth": True} if truth else {}),
             "classes": classes, "class_names": list(CLASS_NAMES[classes]), "seed": seed,
             "spacing_mm": [float(s) for s in np.diag(affine)[:3]]}
     (out / "phantom.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

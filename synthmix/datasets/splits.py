@@ -514,3 +514,41 @@ def build_splits(labelled_ids: Iterable[str], spec: SplitSpec, *, unlabelled_ids
                      groups=units.group)
     plan.check()
     return plan
+
+
+# --- generator blocks ------------------------------------------------------------------------------
+
+
+def nesting_order(plan: SplitPlan, fold: int, repeat: int) -> list[tuple[str, ...]]:
+    """The units (groups; each a tuple of its labelled subjects) of a (fold, repeat)'s training
+    pool in the order its nested subsets take them: the same permutation ``_nested_splits``
+    drew, recomputed from the plan's seed, so it does not depend on which amounts a study has."""
+    split = next((s for s in plan.splits if s.fold == fold and s.repeat == repeat), None)
+    if split is None:
+        raise SplitError(f"split: no split at fold {fold}, repeat {repeat}")
+    members: dict[str, list[str]] = {}
+    for sid in split.pool:
+        members.setdefault(str(plan.group(sid)), []).append(sid)
+    names = sorted(members)
+    order = [names[i] for i in _rng(plan.spec.seed, _NESTING, fold, repeat).permutation(len(names))]
+    return [tuple(sorted(members[u])) for u in order]
+
+
+def training_blocks(plan: SplitPlan, split: Split, size: int | None) -> list[tuple[str, ...]]:
+    """A split's training subset cut into blocks of ``size`` units (subjects, or groups as the
+    counts count them), in nesting order: block i of a larger subset is block i of every
+    smaller subset that holds it (001 section III-F's "groups of 6 images", DESIGN rule 2). A
+    subset of at most ``size`` units (or ``size`` None) is one block; the last block of a
+    subset that is not a multiple of ``size`` holds the remainder. Each block is sorted."""
+    order = nesting_order(plan, split.fold, split.repeat)
+    train, taken, units = set(split.train), set(), []
+    for unit in order:
+        if taken >= train:
+            break
+        units.append(unit)
+        taken |= set(unit)
+    if taken != train:
+        raise SplitError(f"split ({split.name}): the training subset is not a prefix of the nesting order")
+    if size is None or len(units) <= size:
+        return [tuple(sorted(train))]
+    return [tuple(sorted(s for u in units[i:i + size] for s in u)) for i in range(0, len(units), size)]

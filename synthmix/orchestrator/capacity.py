@@ -64,6 +64,10 @@ class QueuedCell:
     payload: Any = None
     pool_key: str | None = None
     pool_seconds: float = 0.0
+    # generator.block_size: every artifact the cell needs in the order it makes them (block 1's
+    # generator and pool, block 2's, ...) and each one's seconds; empty: generator_key, pool_key.
+    artifacts: tuple[str, ...] = ()
+    artifact_seconds: tuple[float, ...] = ()
 
 
 def training_slots(resources, cluster: dict[str, float]) -> int:
@@ -139,12 +143,17 @@ def completion_check(is_complete: Callable[[str], bool], every: float = REFRESH_
 
 
 def _needs(cell: QueueCell) -> tuple[str, ...]:
-    """The artifacts a cell needs, in the order they are made: its generator, then its pool."""
+    """The artifacts a cell needs, in the order they are made: its generator, then its pool
+    (with blocks: each block's generator and pool in turn)."""
+    if getattr(cell, "artifacts", ()):
+        return tuple(cell.artifacts)
     return tuple(k for k in (cell.generator_key, getattr(cell, "pool_key", None)) if k)
 
 
 def _making_seconds(cell: QueueCell, first: int) -> float:
     """Seconds to make the cell's artifacts from ``_needs(cell)[first]`` on."""
+    if getattr(cell, "artifacts", ()):
+        return sum(cell.artifact_seconds[first:])
     seconds = (cell.generator_seconds, getattr(cell, "pool_seconds", 0.0))
     return sum(seconds[first:len(_needs(cell))]) if cell.generator_key else 0.0
 

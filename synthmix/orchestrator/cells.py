@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from synthmix.orchestrator import sleep_trainer
 from synthmix.orchestrator.generators import ensure_generator
 from synthmix.orchestrator.rows import (build_row, subject_metadata, subject_records, write_row,
-                                        write_subject_rows)
+                                        write_subject_rows, write_unlabelled_rows)
 from synthmix.orchestrator.spec import CellSpec
 from synthmix.orchestrator.store import StudyStore
 from synthmix.orchestrator.train_launch import Scaling, run_on_ray_train
@@ -50,16 +50,22 @@ def _local_manifest(spec: CellSpec, store: StudyStore) -> str:
     return str(resolve_dataset(SimpleNamespace(dataset=dataset), store.data_dir))  # reads .dataset only
 
 
-def _data(spec: CellSpec):
-    """The cache entry, preprocessing, and the cell's real training subset normalised with
-    statistics from it alone (rule 4), plus a loader for other subjects with that normaliser."""
+def _entry(spec: CellSpec):
+    """(the study's cache entry on this node, the cell's preprocessing)."""
     from synthmix.datasets.cache import build_cache
-    from synthmix.datasets.loader import fit_normaliser, load_slices
     from synthmix.datasets.preprocess import build_preprocess_config
 
     store = StudyStore.at(spec.root)
     preprocess = build_preprocess_config(spec.data.preprocess)
-    entry = build_cache(_local_manifest(spec, store), preprocess, store.cache_dir)
+    return build_cache(_local_manifest(spec, store), preprocess, store.cache_dir), preprocess
+
+
+def _data(spec: CellSpec):
+    """The cache entry, preprocessing, and the cell's real training subset normalised with
+    statistics from it alone (rule 4), plus a loader for other subjects with that normaliser."""
+    from synthmix.datasets.loader import fit_normaliser, load_slices
+
+    entry, preprocess = _entry(spec)
     normaliser = fit_normaliser(entry, spec.split.train, preprocess)
 
     def load(subjects, *, training: bool = False, unlabelled: bool = False):
@@ -126,11 +132,30 @@ def _synthetic_source(spec: CellSpec, train, device):
     if spec.generator is None:
         return None, 0
     store = StudyStore.at(spec.root)
+    if spec.blocks:
+        pool = _block_pool(spec, store)
+        return pool, len(pool)
     if spec.pool.source == "pool":
         pool, _ = load_pool(store.local_artifact("pools", spec.pool.key))
         return pool, len(pool)
     artifact = GeneratorArtifact(store.local_artifact("generators", spec.generator.key))
     return on_the_fly(artifact, spec.pool.spec, train, device), -1
+
+
+def _block_pool(spec: CellSpec, store: StudyStore):
+    """The cell's pool from its blocks' pools (generator.block_size): each block's samples are
+    in the intensity space of its block's normaliser, so they are mapped into the cell's (fitted
+    on its whole subset, like its real data), then combined in equal shares."""
+    from synthmix.datasets.loader import fit_normaliser
+    from synthmix.datasets.mixing import pool_blocks, renormalise_pool
+    from synthmix.trainers.generators.pools import load_pool
+
+    entry, preprocess = _entry(spec)
+    cell = fit_normaliser(entry, spec.split.train, preprocess)
+    pools = [renormalise_pool(load_pool(store.local_artifact("pools", pool.key))[0],
+                              fit_normaliser(entry, job.subjects, preprocess), cell)
+             for job, pool in spec.blocks]
+    return pool_blocks(pools)
 
 
 def segmentation_flow(args: dict, context) -> dict:
@@ -154,7 +179,8 @@ def segmentation_flow(args: dict, context) -> dict:
     val = at_level(load(spec.split.val), "the validation data")
     # A tuning trial (score: validation) is evaluated on the validation subjects and loads no
     # test subject (rule 4).
-    test = val if args.get("score") == "validation" else at_level(load(spec.split.test), "the test data")
+    score = args.get("score", "test")
+    test = val if score == "validation" else at_level(load(spec.split.test), "the test data")
     config = build_segmentation_config(spec.segmenter)
     # The generator and its pool hold the full label set (one key serves every classes level):
     # clean-up references the full labels, then the samples are remapped like the real data.
@@ -168,7 +194,9 @@ def segmentation_flow(args: dict, context) -> dict:
     sampler = MIXING_POLICIES.get(spec.mixing["policy"]).build_sampler(
         spec.cell.factors["synthetic"], real=train, synthetic=synthetic, batch_size=config.batch_size,
         draw=spec.mixing.get("draw", "fixed"), base=n_real)
-    result = train_segmentation(config, SegmentationData(train=train, val=val, test=test, sampler=sampler), context)
+    unlabelled, known = _unlabelled_to_segment(spec, load, at_level) if score == "test" else (None, ())
+    result = train_segmentation(config, SegmentationData(train=train, val=val, test=test, sampler=sampler,
+                                                         unlabelled=unlabelled, unlabelled_known=known), context)
     metrics = {k: v for k, v in result.metrics.items() if k != "per_subject"}
     return {"metrics": {**metrics, "best_step": result.best_step, "steps_done": result.steps_done},
             "timings": result.timings, "n_train_slices": n_real, "n_augmented_slices": len(train) - n_real,
@@ -176,7 +204,25 @@ def segmentation_flow(args: dict, context) -> dict:
             "real_draws": result.real_draws, "synthetic_draws": result.synthetic_draws,
             "n_classes": train.num_classes, "class_names": list(level.names) if level is not None else None,
             "per_subject": result.metrics["per_subject"],
-            "subject_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)), list(spec.split.test))}
+            "subject_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)), list(spec.split.test)),
+            "unlabelled": result.unlabelled,
+            "unlabelled_metadata": subject_metadata(_local_manifest(spec, StudyStore.at(spec.root)),
+                                                    [r["subject"] for r in result.unlabelled])}
+
+
+def _unlabelled_to_segment(spec: CellSpec, load, at_level):
+    """evaluate: {unlabelled: true}: the split's unlabelled subjects, normalised like the cell's
+    real data, with the labels their manifest rows name anyway (a phantom's ``truth``) filled
+    in; (None, ()) otherwise. None of them is a validation or test subject (splits.py)."""
+    if not spec.evaluate.get("unlabelled") or not spec.split.unlabelled:
+        return None, ()
+    from synthmix.datasets.loader import with_known_labels
+    from synthmix.datasets.preprocess import build_preprocess_config
+
+    slices, known = with_known_labels(load(spec.split.unlabelled, unlabelled=True),
+                                      _local_manifest(spec, StudyStore.at(spec.root)),
+                                      build_preprocess_config(spec.data.preprocess))
+    return at_level(slices, "the unlabelled subjects' labels"), known
 
 
 # --- the Tune trial -----------------------------------------------------------------------------
@@ -217,12 +263,18 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
         return {}
     gen_timing, quality, pool_info = {"train_s": 0.0, "wait_s": 0.0}, {}, {}
     if spec.generator is not None:
-        gen_timing = _ensure("generators", spec.generator.key, store, spec, generator_flow, config)
+        # One generator (and pool) per block with generator.block_size, each trained once per
+        # key however many cells share it; the first block's quality figures go in the row.
+        for part in spec.block_specs():
+            part_config = {**config, "spec": part.to_dict()} if part is not spec else config
+            timing = _ensure("generators", part.generator.key, store, part, generator_flow, part_config)
+            if part.pool.source == "pool":
+                pool_timing = _ensure("pools", part.pool.key, store, part, pool_flow, part_config)
+                timing = {k: timing[k] + pool_timing[k] for k in ("train_s", "wait_s")}
+                info = store.pool_info(part.pool.key)
+                pool_info = {k: pool_info.get(k, 0) + info.get(k, 0) for k in ("drawn", "kept")}
+            gen_timing = {k: gen_timing[k] + timing[k] for k in ("train_s", "wait_s")}
         quality = store.generator_quality(spec.generator.key)
-        if spec.pool.source == "pool":
-            pool_timing = _ensure("pools", spec.pool.key, store, spec, pool_flow, config)
-            gen_timing = {k: gen_timing[k] + pool_timing[k] for k in ("train_s", "wait_s")}
-            pool_info = store.pool_info(spec.pool.key)
     if score == "generator":
         return {"cell_id": spec.cell_id, "generator_key": spec.generator.key,
                 **{f"gen_{k}": float(v) for k, v in _flat_quality(quality).items()}}
@@ -249,6 +301,9 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     if score == "test":  # a tuning trial's scores are its own record (synthmix.orchestrator.tuning)
         write_subject_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["per_subject"],
                                                                 seg["subject_metadata"]))
+        if seg.get("unlabelled"):  # evaluate: {unlabelled: true}
+            write_unlabelled_rows(store, spec.cell_id, subject_records(row, list(spec.factors), seg["unlabelled"],
+                                                                       seg["unlabelled_metadata"]))
         write_row(store, row)
     return row
 

@@ -21,7 +21,8 @@ Schema version 1, one row per cell, columns:
 - metrics on the test subjects (means over subjects): ``dice_mean``, ``dice_<c>``, ``hd95_mean``,
   ``hd95_<c>``, ``hd_mean``, ``hd_<c>``, ``iou_*``, ``precision_*``, ``recall_*``;
   ``best_step``, ``steps_done``
-- generator: ``generator_key`` (empty without one) and its quality figures ``gen_<name>``
+- generator: ``generator_key`` (empty without one; with blocks the first block's,
+  ``generator_blocks`` listing all as JSON) and its quality figures ``gen_<name>``
   (``gen_swd``, ``gen_swd_untrained``, ``gen_nn_distance``, ...)
 - timings in seconds: ``time_generator_train``, ``time_generator_wait``,
   ``time_segmentation_train``, ``time_evaluation``, ``time_cell``
@@ -36,6 +37,12 @@ Per-subject rows: ``results/subjects/CELL_ID.parquet``, one row per test subject
 metadata columns (age, lesion load, ...; prefixed ``meta_`` where a name is taken) and every
 per-subject metric (``dice_mean``, ``dice_<c>``, ``hd95_<c>``, ...). Written before the cell's
 row, so a finished cell always has them.
+
+Unlabelled rows (``evaluate: {unlabelled: true}``): ``results/unlabelled/CELL_ID.parquet``, the
+same identity, factor and metadata columns, one row per unlabelled subject the cell's final
+model segmented: ``volume_<c>`` (mL of each predicted structure, c = 1 .. n_classes - 1) and,
+for a subject whose labels the dataset holds (a phantom's ``truth``), ``dice_mean``,
+``dice_<c>``, ``iou_*``, ... against them (NaN for the others). Written before the cell's row.
 """
 
 from __future__ import annotations
@@ -86,6 +93,8 @@ def build_row(*, study: str, cell: dict, factors: list[str], mixing: dict, data:
     row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     row["generator_key"] = cell.get("generator_key") or ""
     row["pool_key"] = cell.get("pool_key") or ""
+    if cell.get("blocks"):  # generator.block_size: every block's generator key, in block order
+        row["generator_blocks"] = json.dumps([g for g, _ in cell["blocks"]])
     row.update({f"gen_{k}": float(v) for k, v in generator.items() if isinstance(v, (int, float))})
     row.update({f"time_{k}": float(v) for k, v in timings.items()})
     row.update(hardware())
@@ -132,9 +141,17 @@ def subject_records(row: dict, factors: list[str], per_subject: list[dict],
 
 def write_subject_rows(store: StudyStore, cell_id: str, records: list[dict]) -> StoragePath:
     """Write the cell's per-subject table atomically to ``results/subjects/CELL_ID.parquet``."""
+    return _write_records(store.results_dir / "subjects" / f"{cell_id}.parquet", records)
+
+
+def write_unlabelled_rows(store: StudyStore, cell_id: str, records: list[dict]) -> StoragePath:
+    """Write the cell's unlabelled-subject table atomically to ``results/unlabelled/CELL_ID.parquet``."""
+    return _write_records(store.results_dir / "unlabelled" / f"{cell_id}.parquet", records)
+
+
+def _write_records(path: StoragePath, records: list[dict]) -> StoragePath:
     buffer = io.BytesIO()
     pd.DataFrame.from_records(records).to_parquet(buffer, index=False)
-    path = store.results_dir / "subjects" / f"{cell_id}.parquet"
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

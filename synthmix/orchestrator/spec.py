@@ -47,6 +47,9 @@ class CellSpec:
     max_failures: int
     plugins: tuple[str, ...] = ()
     classes: dict | None = None  # factor classes: the cell's ClassLevel.to_dict(), else None
+    # generator.block_size: (generator job, pool job) per block, when the cell has several
+    blocks: tuple[tuple[GeneratorJob, PoolJob], ...] = ()
+    evaluate: dict = dataclasses.field(default_factory=dict)  # the study's evaluate section
 
     @property
     def cell_id(self) -> str:
@@ -55,11 +58,24 @@ class CellSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def block_specs(self) -> list["CellSpec"]:
+        """One spec per generator the cell needs: itself without blocks, else one per block
+        whose split's training subjects are the block's (what its generator and its pool's
+        clean-up and filters may see: rule 3)."""
+        if not self.blocks:
+            return [self]
+        return [dataclasses.replace(self, generator=job, pool=pool, blocks=(),
+                                    split=dataclasses.replace(self.split, train=tuple(job.subjects)))
+                for job, pool in self.blocks]
+
     @classmethod
     def from_dict(cls, d: dict) -> "CellSpec":
         d = dict(d)
         gen, pool = d.pop("generator"), d.pop("pool")
-        return cls(cell=Cell(**d.pop("cell")), data=DataSpec(**d.pop("data")),
+        blocks = tuple((_tuples(GeneratorJob, g), PoolJob(**p)) for g, p in d.pop("blocks", ()))
+        cell = dict(d.pop("cell"))
+        cell["blocks"] = tuple(tuple(b) for b in cell.get("blocks", ()))
+        return cls(cell=Cell(**cell), data=DataSpec(**d.pop("data")), blocks=blocks,
                    split=SplitSubjects(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("split").items()}),
                    generator=_tuples(GeneratorJob, gen) if gen else None,
                    pool=PoolJob(**pool) if pool else None,
@@ -98,5 +114,7 @@ def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> 
             segmenter=segmenter, mixing={"policy": study.mixing.policy, "source": study.mixing.source,
                                          "draw": study.mixing.draw},
             scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins),
-            classes=_class_level(study, c)))
+            classes=_class_level(study, c),
+            blocks=tuple((plan.generator_jobs[g], plan.pool_jobs[p]) for g, p in c.blocks),
+            evaluate=asdict(study.evaluate)))
     return specs

@@ -144,10 +144,14 @@ def queued_cells(plan: Plan, configs: list[dict]) -> list:
     for config in configs:
         spec = config["spec"]
         cell_id, pool = spec["cell"]["cell_id"], spec["pool"]
+        blocks = spec["cell"].get("blocks") or ()  # generator.block_size: fixed pools only
+        each = costs[cell_id][0] / max(len(blocks), 1)  # the cost model is the same for every block
         cells.append(QueuedCell(cell_id=cell_id, generator_key=spec["cell"]["generator_key"],
                                 generator_seconds=costs[cell_id][0], segmentation_seconds=costs[cell_id][1],
                                 pool_key=pool["key"] if pool and pool["source"] == "pool" else None,
-                                pool_seconds=RAY_START_SECONDS, payload=config))
+                                pool_seconds=RAY_START_SECONDS, payload=config,
+                                artifacts=tuple(k for b in blocks for k in b),
+                                artifact_seconds=tuple(s for _ in blocks for s in (each, RAY_START_SECONDS))))
     return cells
 
 

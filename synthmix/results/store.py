@@ -25,6 +25,7 @@ from synthmix.errors import SynthmixError
 
 RESULTS_DIR = "results"
 SUBJECTS_DIR = "results/subjects"  # results/subjects/<cell_id>.parquet: one row per test subject
+UNLABELLED_DIR = "results/unlabelled"  # evaluate: {unlabelled: true}: one row per unlabelled subject
 ERRORS_DIR = "errors"  # errors/<cell_id>.json: the last error of a cell that failed
 PLAN_FILE = "plan.json"
 DEFAULT_STORAGE = "./runs"
@@ -87,7 +88,15 @@ def read_subject_results(source: str | os.PathLike, *, storage: str | None = Non
     return _read(source, storage, SUBJECTS_DIR, fallback=False)
 
 
-def _read(source: str | os.PathLike, storage: str | None, folder: str, *, fallback: bool) -> ResultSet:
+def read_unlabelled_results(source: str | os.PathLike, *, storage: str | None = None) -> ResultSet:
+    """The unlabelled-subject rows of a study (``results/unlabelled/*.parquet``: each cell's
+    structure volumes of the unlabelled subjects, written with ``evaluate: {unlabelled: true}``),
+    kept to the cells of its plan; or of one file."""
+    return _read(source, storage, UNLABELLED_DIR, fallback=False, what="unlabelled-subject")
+
+
+def _read(source: str | os.PathLike, storage: str | None, folder: str, *, fallback: bool,
+          what: str = "per-subject") -> ResultSet:
     text = os.fspath(source)
     fs, path = _resolve(text, storage)
     info = fs.get_file_info(path)
@@ -96,8 +105,9 @@ def _read(source: str | os.PathLike, storage: str | None, folder: str, *, fallba
     files = _data_files(fs, _join(path, folder)) or (_data_files(fs, path) if fallback else [])
     plan, factors, baseline = _read_plan(fs, _join(path, PLAN_FILE))
     if not files and not fallback:
-        raise ResultsError(f"{text}: no per-subject results ({folder}/*.parquet) found (rows written "
-                           "before per-subject results existed have none)")
+        raise ResultsError(f"{text}: no {what} results ({folder}/*.parquet) found" + (
+            " (rows written before per-subject results existed have none)" if what == "per-subject" else
+            " (run the study with evaluate: {unlabelled: true})"))
     if not files and plan is None:
         raise ResultsError(f"{text}: no Parquet or CSV results files and no {PLAN_FILE} found")
     tables = [_read_table(fs, f) for f in files]

@@ -18,6 +18,8 @@ filled in) and the slice shapes training and evaluation will see. It checks:
 
 from __future__ import annotations
 
+import math
+
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -177,18 +179,24 @@ def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int],
     for combo in grid(study):
         tops[combo[real_factor]] = max(tops.get(combo[real_factor], 0.0), policy.amount(combo["synthetic"])[0])
     worst = None
+    block = study.generator.block_size
     for s in splits:
         top = tops.get(s.amount, 0.0)
         if top > 0:
             real = _training_samples(config, size, depth, s.train)
-            if worst is None or round(top * real) > worst[0]:
-                worst = (round(top * real), top, real)
+            # With generator blocks the cell draws an equal share of each block's pool
+            # (mixing.pool_blocks): each pool needs its share (blocks counted in subjects).
+            blocks = math.ceil(len(s.train) / block) if block else 1
+            need = math.ceil(round(top * real) / blocks)
+            if worst is None or need > worst[0]:
+                worst = (need, top, real)
     pool = study.generator.pool.get("size", POOL_SIZE)
     if worst is not None and isinstance(pool, int) and pool < worst[0]:
         need, top, real = worst
         what = "patches" if config.patch_size else "slices"
+        per = " per generator block" if block else ""
         return [f"generator.pool.size: {pool} is too small: the additive level {top:g} of a training subset of "
-                f"{real} real {what} draws {need} distinct synthetic samples; set it to at least {need}"]
+                f"{real} real {what} draws {need} distinct synthetic samples{per}; set it to at least {need}"]
     return []
 
 

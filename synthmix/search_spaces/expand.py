@@ -18,6 +18,14 @@ Identity and seeds (DESIGN rules 5 and 6):
   full label set and its pool serves every level, remapped when a cell trains.
 - the pool key hashes the generator key and the pool settings (``generator.pool``, the mixing
   source): a changed pool draws a new pool from the same trained generator (``Plan.pool_jobs``).
+- blocks (``generator.block_size: B``, 001 section III-F): a subset of more than B subjects
+  (units, with groups) trains one generator per block of B, cut in the nesting order of the
+  subsets (``splits.training_blocks``), so block i of a larger subset is the same generator key
+  as block i of every smaller subset holding it (the 6-subject subset is the first block of the
+  12). A block's key is ``generator_key`` over its subjects only (rule 3; B itself is not
+  hashed: a block is the training of its subjects), each block has its own pool job, and the
+  cell lists its blocks in ``Cell.blocks``; its ``generator_key``/``pool_key`` are the first
+  block's. The cell's pool takes an equal share of each block's pool (``mixing.pool_blocks``).
 
 The compute estimate is a model, not a measurement of the study: per training step,
 a fixed overhead + a cost per (batch x pixel) sample, times the steps (per cell: a budget in
@@ -71,11 +79,21 @@ class Cell:
     generator_key: str | None
     seed: int
     pool_key: str | None = None
+    # (generator key, pool key) per block when the subset is cut into more than one block
+    # (generator.block_size); empty otherwise. The first block is generator_key/pool_key.
+    blocks: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def generator_keys(self) -> tuple[str, ...]:
+        """Every generator the cell draws from: its blocks', or its one key (none without)."""
+        if self.blocks:
+            return tuple(g for g, _ in self.blocks)
+        return (self.generator_key,) if self.generator_key else ()
 
     def to_dict(self) -> dict:
         return {"cell_id": self.cell_id, **self.factors, "fold": self.fold, "repeat": self.repeat,
                 "amount": self.amount, "generator_key": self.generator_key, "pool_key": self.pool_key,
-                "seed": self.seed}
+                "seed": self.seed, **({"blocks": [list(b) for b in self.blocks]} if self.blocks else {})}
 
 
 @dataclass(frozen=True)
@@ -133,8 +151,8 @@ class Plan:
     def cells_per_key(self) -> dict[str, int]:
         counts = {k: 0 for k in self.generator_jobs}
         for c in self.cells:
-            if c.generator_key:
-                counts[c.generator_key] += 1
+            for key in c.generator_keys:
+                counts[key] += 1
         return counts
 
     def to_dict(self) -> dict:
@@ -177,6 +195,9 @@ class Plan:
                   self.data.render() if self.data is not None else "",
                   f"cells: {len(self.cells)}",
                   f"generator trainings (unique keys): {len(self.generator_jobs)}"]
+        if s.generator is not None and s.generator.block_size is not None:
+            lines.append(f"  one generator per block of {s.generator.block_size} subjects: "
+                         f"{sum(bool(c.blocks) for c in self.cells)} cells pool several blocks")
         if per_key:
             counts = sorted(per_key.values())
             lines.append(f"  cells per key: min {counts[0]}, max {counts[-1]}; "
@@ -241,7 +262,7 @@ def resolve_dataset(study: Study, data_root: str | Path) -> Path:
         return Path(study.dataset.manifest)
     from synthmix.datasets.phantom import write_phantom_dataset
 
-    params = asdict(study.dataset.phantom)
+    params = study.dataset.phantom.params()
     root = Path(data_root)
     final = root / f"phantom-{content_hash(params, 12)}"
     manifest = final / "manifest.csv"
@@ -289,12 +310,15 @@ def cell_id(factors: dict, fold: int, repeat: int, suffix: str) -> str:
 
 
 def generator_key(*, dataset_fingerprint: str, preprocess: dict, seed: int, split: Any,
-                  name: str, config: dict, unlabelled: tuple = (), shared: dict | None = None) -> str:
+                  name: str, config: dict, unlabelled: tuple = (), shared: dict | None = None,
+                  subjects: tuple | None = None) -> str:
     """``unlabelled``: the unlabelled subjects the family learns from (empty for the others);
-    ``shared``: the generator section's select / quality / masks settings."""
+    ``shared``: the generator section's select / quality / masks settings; ``subjects``: the
+    labelled subjects it trains on, when not the split's whole subset (a block)."""
     return content_hash({
         "dataset": dataset_fingerprint, "preprocess": preprocess, "seed": seed,
-        "fold": split.fold, "repeat": split.repeat, "subjects": sorted(split.train),
+        "fold": split.fold, "repeat": split.repeat,
+        "subjects": sorted(split.train if subjects is None else subjects),
         "unlabelled": sorted(unlabelled), "generator": name, "config": config, **(shared or {})}, 24)
 
 
@@ -338,12 +362,15 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
             for combo in grid(study):
                 split = splits.get(fold, repeat, combo[real])
                 key = pkey = None
+                blocks: tuple = ()
                 if study.uses_synthetic(combo["synthetic"]):
-                    key = _job(study, combo, split, dataset_fingerprint, jobs).key
-                    pkey = _pool_job(study, key, pools).key
+                    blocks = tuple((k, _pool_job(study, k, pools).key)
+                                   for k in _block_keys(study, combo, splits, split, dataset_fingerprint, jobs))
+                    (key, pkey), blocks = blocks[0], blocks if len(blocks) > 1 else ()
                 cells.append(Cell(cell_id=cell_id(combo, fold, repeat, suffix), factors=combo, fold=fold,
                                   repeat=repeat, amount=combo[real], generator_key=key,
-                                  seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey))
+                                  seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey,
+                                  blocks=blocks))
     if not cells:
         raise StudyError(["exclude: removes every cell; the grid is empty"], study.source)
     ids = [c.cell_id for c in cells]
@@ -359,8 +386,21 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
     return plan
 
 
+def _block_keys(study: Study, combo: dict, splits: Any, split: Any, dataset_fingerprint: str,
+                jobs: dict[str, GeneratorJob]) -> list[str]:
+    """The generator key of each block of the cell's subset (one without ``block_size``)."""
+    size = study.generator.block_size
+    if size is None:
+        return [_job(study, combo, split, dataset_fingerprint, jobs).key]
+    from synthmix.datasets.splits import training_blocks
+
+    return [_job(study, combo, split, dataset_fingerprint, jobs, subjects=b).key
+            for b in training_blocks(splits, split, size)]
+
+
 def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
-         jobs: dict[str, GeneratorJob]) -> GeneratorJob:
+         jobs: dict[str, GeneratorJob], subjects: tuple | None = None) -> GeneratorJob:
+    """``subjects``: a block of the split's subset (default: the whole subset)."""
     from synthmix.trainers.generators import GENERATORS
 
     g = study.generator
@@ -368,12 +408,14 @@ def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
     config = g.configs[name]
     unlabelled = tuple(sorted(split.unlabelled)) if GENERATORS.get(name).uses_unlabelled else ()
     shared = {"select": g.select, "quality": g.quality, "masks": g.masks}
+    trained_on = tuple(sorted(split.train if subjects is None else subjects))
     key = generator_key(dataset_fingerprint=dataset_fingerprint, preprocess=study.dataset.preprocess,
                         seed=study.seed, split=split, name=name, config=config, unlabelled=unlabelled,
-                        shared=shared)
+                        shared=shared, subjects=trained_on)
     if key not in jobs:
+        # amount: of the first cell that needs the key (a block serves every larger subset too)
         jobs[key] = GeneratorJob(key=key, fold=split.fold, repeat=split.repeat, amount=split.amount,
-                                 subjects=tuple(sorted(split.train)), config=dict(config), name=name,
+                                 subjects=trained_on, config=dict(config), name=name,
                                  seed=derive_seed(study.seed, "generator", key), unlabelled=unlabelled,
                                  **{k: dict(v) for k, v in shared.items()})
     return jobs[key]
@@ -471,7 +513,7 @@ def cell_costs(plan: Plan) -> dict[str, tuple[float, float]]:
     _, batch = _budget(plan.study.segmenter)
     step = _step_seconds("segmenter", batch, pixels)
     gen = {key: generator_seconds(job, pixels) + RAY_START_SECONDS for key, job in plan.generator_jobs.items()}
-    return {c.cell_id: (gen[c.generator_key] if c.generator_key else 0.0, _cell_steps(plan, c) * step + RAY_START_SECONDS)
+    return {c.cell_id: (sum(gen[k] for k in c.generator_keys), _cell_steps(plan, c) * step + RAY_START_SECONDS)
             for c in plan.cells}
 
 

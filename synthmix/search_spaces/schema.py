@@ -12,6 +12,8 @@ A fully commented example (every section; defaults noted)::
     description: "what and why"    # free text, shown by `synthmix spaces list`
     dataset:                       # exactly one of phantom / manifest
       phantom: {subjects: 12, size: 32, classes: 3, unlabelled: 0, seed: 0}   # built-in data
+      # phantom options: age: [20, 50], unlabelled_age: [40, 90] (age-covariate ranges, within
+      # 20-90), truth: true (also write the unlabelled subjects' labels, never trained on)
       # manifest: data/manifest.csv  # a NIfTI manifest, relative to this YAML file
       preprocess: {axis: 2}        # synthmix.datasets.preprocess options (default: none)
     split:                         # exactly one of folds / test+val
@@ -56,6 +58,8 @@ A fully commented example (every section; defaults noted)::
         filters: [{name: nearest_neighbour, percentile: 75}]   # SYNTHETIC_FILTERS
       quality: {samples: 512, reference_steps: 200}  # quality figures' sample count, FCN reference
       masks: {transform: false}    # conditional families: transform the subset's masks
+      # block_size: 6              # one generator per block of 6 subjects of a larger subset,
+                                   # their pools combined in equal shares (001 III-F)
     plugins: [my_lab.generators]   # modules imported first (driver and workers): your own
                                    # registry entries, e.g. a generator family
     mixing:
@@ -81,6 +85,11 @@ A fully commented example (every section; defaults noted)::
       metric: val_dice_mean
       sampler: {name: tpe, seed: 0}
       space: {segmenter.lr: {float: [1.0e-4, 1.0e-2], log: true}}
+    evaluate:                      # optional
+      unlabelled: false            # true: each cell's model also segments the unlabelled
+                                   # subjects (structure volumes + metadata, Dice where their
+                                   # labels are known: results/unlabelled/), for
+                                   # `synthmix results --stratify COLUMN` (001 Table II)
 
 ``fingerprint()`` hashes what can change a cell's result (seed, dataset, split, the real-amount
 levels, segmenter, generator, mixing, ``resources.workers``, and the ``tune:`` section with its frozen winner) and leaves out name,
@@ -108,8 +117,8 @@ from synthmix.datasets.mixing import DRAWS, MIXING_POLICIES, SOURCES
 from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
-            "generator", "mixing", "statistics", "resources", "tune")
-GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks")
+            "generator", "mixing", "statistics", "resources", "tune", "evaluate")
+GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "block_size")
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator", "classes")
 CORRECTIONS = ("none", "holm", "bh")
@@ -140,6 +149,16 @@ class PhantomSpec:
     classes: int = 3
     unlabelled: int = 0
     seed: int = 0
+    age: tuple | None = None             # [low, high] of the labelled subjects' age covariate
+    unlabelled_age: tuple | None = None  # of the unlabelled ones (001: older)
+    truth: bool = False                  # write the unlabelled subjects' labels (not trained on)
+
+    def params(self) -> dict:
+        """write_phantom_dataset's arguments; the options added later only when set, so the
+        data folder and the fingerprint of a phantom without them stay what they were."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
+                if k in ("subjects", "size", "classes", "unlabelled", "seed") or v not in (None, False)}
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,9 @@ class GeneratorSection:
     pool: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
+    # One generator per block of this many subjects of a larger subset, samples pooled (001
+    # III-F; expand.py and splits.training_blocks); None: one generator per subset.
+    block_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +201,13 @@ class StatisticsSection:
     correction: str
     alpha: float
     baseline: dict | None
+
+
+@dataclass(frozen=True)
+class EvaluateSection:
+    # Each cell's final model also segments the study's unlabelled subjects: their structure
+    # volumes (and Dice where the dataset holds their true labels) go to results/unlabelled/.
+    unlabelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +241,7 @@ class Study:
     tune: Any = None   # tune_section.TuneSection: a search before the grid
     tuned: dict | None = None  # the search's winner frozen into this study: {parameters, trial, value}
     classes: tuple = ()  # class_levels.ClassLevel per level of factor classes, in level order
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
     @property
     def real_factor(self) -> str:
@@ -241,11 +271,17 @@ class Study:
         from its stored version only there reuses its trained generators (new pools, new cells)."""
         d = self.to_dict()
         kept = {k: d[k] for k in ("seed", "dataset", "split", "segmenter", "generator", "mixing")}
+        if kept["generator"] and kept["generator"].get("block_size") is None:
+            kept["generator"].pop("block_size", None)  # hashed only when set: older studies keep their ids
         if without_pool and kept["generator"]:
             kept["generator"] = {k: v for k, v in kept["generator"].items() if k != "pool"}
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
         if kept["mixing"].get("draw") == "fixed":  # the default: hashed as before it existed
             del kept["mixing"]["draw"]
+        if self.dataset.phantom is not None:
+            kept["dataset"]["phantom"] = self.dataset.phantom.params()
+        if self.evaluate.unlabelled:  # only then, so that studies without it keep their ids
+            kept["evaluate"] = d["evaluate"]
         if self.resources.workers != 1:
             kept["workers"] = self.resources.workers
         if self.classes:  # only then, so that studies without the factor keep their ids
@@ -321,6 +357,28 @@ def _choice(raw: dict, key: str, path: str, problems: _Problems, *, default: str
     return value
 
 
+def _bool(raw: dict, key: str, path: str, problems: _Problems, *, default: bool = False) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        problems.add(f"{path}.{key}", f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
+def _age_range(raw: dict, key: str, problems: _Problems) -> tuple | None:
+    """dataset.phantom.age / unlabelled_age: [low, high] within the phantom's covariate span."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    lo, hi = (20.0, 90.0)  # phantom.AGE_RANGE (not imported: the schema loads before the data code)
+    if not (isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and lo <= value[0] < value[1] <= hi):
+        problems.add(f"dataset.phantom.{key}", f"must be [low, high] ages with {lo:g} <= low < high <= {hi:g}, "
+                     f"got {value!r}")
+        return None
+    return tuple(float(v) for v in value)
+
+
 def _import(spec: tuple[str, str]) -> Any | None:
     """The named attribute, or None while its module is not written yet (any other import
     error is a bug and propagates)."""
@@ -370,7 +428,9 @@ def _dataset(raw: Any, base_dir: Path, problems: _Problems) -> DatasetSpec:
             size=_int(p, "size", "dataset.phantom", problems, default=dflt.size, minimum=16),
             classes=_int(p, "classes", "dataset.phantom", problems, default=dflt.classes, minimum=2),
             unlabelled=_int(p, "unlabelled", "dataset.phantom", problems, default=dflt.unlabelled, minimum=0),
-            seed=_int(p, "seed", "dataset.phantom", problems, default=dflt.seed, minimum=0))
+            seed=_int(p, "seed", "dataset.phantom", problems, default=dflt.seed, minimum=0),
+            age=_age_range(p, "age", problems), unlabelled_age=_age_range(p, "unlabelled_age", problems),
+            truth=_bool(p, "truth", "dataset.phantom", problems))
         known = _import(("synthmix.datasets.phantom", "PHANTOM_CLASSES"))
         if known is not None and phantom.classes not in known:
             problems.add("dataset.phantom.classes", f"{phantom.classes} is not one of {list(known)}")
@@ -608,7 +668,9 @@ def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> Gen
             problems.add("generator.name", f"unknown generator {name!r}; known: {', '.join(known)}")
         configs = {name: _mapping(g.get("config", {}), "generator.config", problems, None)}
     shared = {k: dict(_mapping(g.get(k), f"generator.{k}", problems, None)) for k in ("select", "pool", "quality", "masks")}
-    section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()}, **shared)
+    block_size = _int(g, "block_size", "generator", problems, default=None, minimum=1, allow_none=True)
+    section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()}, **shared,
+                               block_size=block_size)
     registry = _import(_REGISTRIES["generator"])
     for name, cfg in section.configs.items():
         path = "generator.config" if "generator" not in factors else f"generator.configs.{name}"
@@ -711,6 +773,8 @@ def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | 
         need = max(study_factors.get("synthetic", (0,)))
         if pool_size < need:
             problems.add("generator.pool.size", f"{pool_size} is smaller than the largest synthetic count {need}")
+    if generator.block_size is not None and mixing.source == "on_the_fly":
+        problems.add("generator.block_size", "blocks pool their generators' fixed pools; use mixing.source: pool")
     filters = _import(("synthmix.trainers.synthetic", "SYNTHETIC_FILTERS"))
     if mixing.source == "on_the_fly" and filters is not None:
         for i, step in enumerate(generator.pool.get("filters") or []):
@@ -762,13 +826,22 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     resources = _resources(top.get("resources"), problems)
     _cross_checks(factors, mixing, batch_size, generator, resources, problems, segmenter=segmenter)
     tune = _tune(top, factors, exclude, split, mixing, dataset, source, base_dir, problems)
+    evaluate = _evaluate(top.get("evaluate"), dataset, problems)
     problems = [p.lstrip(".") if p.startswith(".") else p for p in problems]
     if problems:
         raise StudyError(problems, source)
     return Study(name=name, seed=seed, description=description.strip(), dataset=dataset, split=split,
                  factors=factors, exclude=exclude, segmenter=segmenter, generator=generator, mixing=mixing,
                  statistics=statistics, resources=resources, source=source, batch_size=batch_size,
-                 plugins=plugins, tune=tune, classes=classes)
+                 plugins=plugins, tune=tune, classes=classes, evaluate=evaluate)
+
+
+def _evaluate(raw: Any, dataset: DatasetSpec, problems: _Problems) -> EvaluateSection:
+    e = _mapping(raw, "evaluate", problems, tuple(EvaluateSection.__dataclass_fields__))
+    section = EvaluateSection(unlabelled=_bool(e, "unlabelled", "evaluate", problems))
+    if section.unlabelled and dataset.phantom is not None and not dataset.phantom.unlabelled:
+        problems.add("evaluate.unlabelled", "the phantom has no unlabelled subjects (set dataset.phantom.unlabelled)")
+    return section
 
 
 def _class_levels(raw: Any, factors: dict, dataset: DatasetSpec, problems: _Problems) -> tuple:

@@ -282,6 +282,10 @@ class SegmentationData:
     val: SliceSet
     test: SliceSet
     sampler: BatchSampler | None = None
+    # evaluate: {unlabelled: true}: subjects the final model also segments (structure volumes),
+    # and those of them whose labels are true (scored too; the others' labels are zeros)
+    unlabelled: SliceSet | None = None
+    unlabelled_known: tuple[str, ...] = ()
 
 
 def _check_data(data: SegmentationData) -> None:
@@ -326,6 +330,7 @@ class SegmentationResult:
     timings: dict[str, float]
     real_draws: int = 0
     synthetic_draws: int = 0
+    unlabelled: list[dict] = field(default_factory=list)  # segment_subjects of data.unlabelled
 
 
 @dataclass
@@ -430,11 +435,15 @@ def train_segmentation(config: SegmentationConfig, data: SegmentationData,
                                 batch_size=config.eval_batch_size, per_slice=True, inference=inference,
                                 detection=detection)
         aggregate.update({f"slice_{k}": v for k, v in per_slice.items()})
+    unlabelled = [] if data.unlabelled is None else segment_subjects(
+        net, data.unlabelled, num_classes=num_classes, known=data.unlabelled_known, lcc=config.lcc,
+        device=device, batch_size=config.eval_batch_size, inference=inference)
     timings["eval_s"] += time.perf_counter() - tick
     return SegmentationResult(metrics={**aggregate, "per_subject": per_subject},
                               best_step=progress.best_step, steps_done=progress.step,
                               val_history=list(progress.val_history), timings=timings,
-                              real_draws=progress.real_draws, synthetic_draws=progress.synthetic_draws)
+                              real_draws=progress.real_draws, synthetic_draws=progress.synthetic_draws,
+                              unlabelled=unlabelled)
 
 
 def _real_share(sampler: BatchSampler) -> float:
@@ -622,6 +631,32 @@ def evaluate(model: nn.Module, sliceset: SliceSet, *, num_classes: int, lcc: boo
     finally:
         net.train(was_training)
     return aggregate_subject_metrics(per_subject), per_subject
+
+
+def segment_subjects(model: nn.Module, sliceset: SliceSet, *, num_classes: int, known: tuple[str, ...] = (),
+                     lcc: bool = False, device: torch.device | str = "cpu", batch_size: int = 64,
+                     inference: Inference | None = None) -> list[dict]:
+    """Per subject of ``sliceset``: the volume in mL of each predicted structure
+    (``volume_<c>``, c = 1 .. num_classes - 1, from the preprocessed slices' spacing), what 001
+    classified on; for a subject in ``known`` (its labels are true) also its metrics against
+    them (Dice etc., no surface distances)."""
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    records = []
+    try:
+        for sid, images, labels, spacing in sliceset.volumes():
+            pred = predict_volume(net, images, device=torch.device(device), batch_size=batch_size, inference=inference)
+            voxel_ml = float(np.prod(spacing)) / 1000.0
+            counts = np.bincount(pred.ravel(), minlength=num_classes)
+            record = {"subject": sid, **{f"volume_{c}": float(counts[c] * voxel_ml) for c in range(1, num_classes)}}
+            if sid in known:
+                record.update(segmentation_metrics(pred, labels, num_classes=num_classes, spacing=spacing,
+                                                   lcc=lcc, distances=False))
+            records.append(record)
+    finally:
+        net.train(was_training)
+    return records
 
 
 # ----------------------------------------------------------------------------- distributed helpers
