@@ -143,10 +143,10 @@ def generator_size_problems(name: str, size: tuple[int, int], patches: bool) -> 
 
 
 def _generator_problems(study: Any, train_size: tuple[int, int], patches: bool) -> list[str]:
-    if study.generator is None or not any(study.uses_synthetic(v) for v in study.factors.get("synthetic", ())):
+    if not study.generator_sections() or not any(study.uses_synthetic(v) for v in study.factors.get("synthetic", ())):
         return []
     problems = []
-    for name in study.generator.configs:
+    for name in dict.fromkeys(n for g in study.generator_sections().values() for n in g.configs):
         problems += generator_size_problems(name, train_size, patches)
     return problems
 
@@ -165,7 +165,7 @@ def _training_samples(config: Any, size: tuple[int, int], depth: dict, subjects:
 def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int], depth: dict) -> list[str]:
     """Additive levels drawing more distinct synthetic samples than the fixed pool holds."""
     from synthmix.datasets.mixing import MIXING_POLICIES
-    if study.mixing.policy != "additive" or study.mixing.source != "pool" or study.generator is None:
+    if study.mixing.policy != "additive" or study.mixing.source != "pool" or not study.generator_sections():
         return []
     from synthmix.search_spaces.expand import grid
 
@@ -183,13 +183,17 @@ def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int],
             real = _training_samples(config, size, depth, s.train)
             if worst is None or round(top * real) > worst[0]:
                 worst = (round(top * real), top, real)
-    pool = study.generator.pool.get("size", POOL_SIZE)
-    if worst is not None and isinstance(pool, int) and pool < worst[0]:
-        need, top, real = worst
-        what = "patches" if config.patch_size else "slices"
-        return [f"generator.pool.size: {pool} is too small: the additive level {top:g} of a training subset of "
-                f"{real} real {what} draws {need} distinct synthetic samples; set it to at least {need}"]
-    return []
+    problems = []
+    for level, section in study.generator_sections().items():
+        pool = section.pool.get("size", POOL_SIZE)
+        if worst is not None and isinstance(pool, int) and pool < worst[0]:
+            need, top, real = worst
+            what = "patches" if config.patch_size else "slices"
+            path = "generator" if level is None else f"factors.generator.{level}"
+            problems.append(f"{path}.pool.size: {pool} is too small: the additive level {top:g} of a training "
+                            f"subset of {real} real {what} draws {need} distinct synthetic samples; set it to at "
+                            f"least {need}")
+    return problems
 
 
 def _check_config(study: Any, config: Any, splits: list, headers: dict, where: str,
