@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "confidence bands; box: box plots with not-significant brackets")
     p.add_argument("--per-subject", action="store_true", help="analyse the per-subject table "
                    "(results/subjects/): cells paired with their baseline by test subject")
-    p.add_argument("--by", metavar="COLUMN", help="with --per-subject: stratify by a subject metadata "
-                   "column (age, lesion_load, ...)")
+    p.add_argument("--by", metavar="COLUMN", help="a study factor that leads the columns (e.g. generator: "
+                   "one block per level, each against the shared baseline); with --per-subject: "
+                   "stratify by a subject metadata column (age, lesion_load, ...)")
     p.add_argument("--bins", type=int, help="with --by: quantile bins of a numeric column (default 3)")
     p.add_argument("--x", help="x-axis factor of the plot (default real_fraction or real_count)")
     p.add_argument("--tune", action="store_true", help="the tuning stage's trials instead, best first, "
@@ -64,8 +65,8 @@ def _results(args: argparse.Namespace) -> int:
         return 0
 
     test, correction, alpha = ("student", "none", 0.05) if args.paper else (args.test, args.correction, args.alpha)
-    if (args.by or args.bins) and not args.per_subject:
-        raise ResultsError("--by and --bins stratify per-subject results: add --per-subject")
+    if args.bins and not args.per_subject:
+        raise ResultsError("--bins stratifies per-subject results by --by: add --per-subject")
     common = dict(metric=args.metric, rows=args.rows, cols=args.cols, baseline=args.baseline,
                   where=args.where, test=test, correction=correction, alpha=alpha)
     if args.per_subject:
@@ -73,7 +74,7 @@ def _results(args: argparse.Namespace) -> int:
                                     by=args.by, bins=args.bins)
     else:
         analysis = analyse(read_results(args.source, storage=args.storage), **common,
-                           n_train=args.n_train, n_test=args.n_test)
+                           n_train=args.n_train, n_test=args.n_test, by=args.by)
     if args.plot:  # before the table, so a plot error leaves no partial output
         from synthmix.results.plots import plot
 
