@@ -15,7 +15,7 @@ from synthmix.search_spaces.presets import preset_header, preset_names, preset_p
 # (cells, generator trainings) each preset's header promises.
 EXPECTED = {"quickstart": (12, 6), "bowles2018-table2": (144, 24), "neff2018": (18, 3),
             "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3), "lcgan2019": (12, 3),
-            "brats-two-stage": (21, 2)}
+            "brats-two-stage": (21, 2), "generator-bakeoff": (78, 36)}
 
 
 def test_the_required_presets_ship():
