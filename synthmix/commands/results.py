@@ -54,6 +54,7 @@ def _names(text: str) -> list[str]:
 
 def _results(args: argparse.Namespace) -> int:
     from synthmix.results import analyse, read_results
+    from synthmix.results.analysis import KNOWN_FACTORS
     from synthmix.results.store import ResultsError, read_subject_results
     from synthmix.results.subjects import analyse_subjects
     from synthmix.results.tables import footer, render
@@ -73,8 +74,12 @@ def _results(args: argparse.Namespace) -> int:
         analysis = analyse_subjects(read_subject_results(args.source, storage=args.storage), **common,
                                     by=args.by, bins=args.bins)
     else:
-        analysis = analyse(read_results(args.source, storage=args.storage), **common,
-                           n_train=args.n_train, n_test=args.n_test, by=args.by)
+        results = read_results(args.source, storage=args.storage)
+        factors = results.factors or list(KNOWN_FACTORS)
+        if args.by and args.by not in factors:
+            raise ResultsError(f"--by {args.by!r} is not a factor of {args.source} ({', '.join(factors)}); to "
+                               "stratify by a subject metadata column, add --per-subject")
+        analysis = analyse(results, **common, n_train=args.n_train, n_test=args.n_test, by=args.by)
     if args.plot:  # before the table, so a plot error leaves no partial output
         from synthmix.results.plots import plot
 
