@@ -16,6 +16,7 @@ from synthmix.cli import main
 from synthmix.errors import StudyError
 from synthmix.results import analyse, read_results
 from synthmix.results.generator_comparison import dice_differences, quality_table
+from synthmix.results.tables import footer
 from synthmix.search_spaces.expand import expand_study, resolve_dataset
 from synthmix.search_spaces.schema import NO_GENERATOR, validate_study
 from synthmix.trainers.generators import GENERATORS
@@ -145,7 +146,8 @@ def test_every_level_is_paired_with_the_shared_baseline() -> None:
     quality = quality_table(rows)
     assert list(quality["generator"]) == ["a", "b"] and list(quality["generators"]) == [8, 8]
     assert list(quality["swd"]) == [5.0, 9.0] and list(quality["swd real"]) == [4.0, 4.0]
-    assert "shared" in " ".join(analysis.notes)
+    assert analysis.shared == ["generator"] and "shared" in " ".join(analysis.notes)
+    assert footer(analysis)[1] == "baseline (\u2020): synthetic=0, compared within the same real_fraction"
 
 
 @pytest.mark.slow

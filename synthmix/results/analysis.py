@@ -59,6 +59,7 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     data: pd.DataFrame | None = None  # the rows that went into the cells (for box plots)
     unit: str = "rows"  # what n counts: "rows" (one per cell and resample) or "subjects"
+    shared: list[str] = field(default_factory=list)  # factors whose baseline cells serve every level (generator)
 
     @property
     def factors(self) -> list[str]:
@@ -155,6 +156,11 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
     analysis.test, analysis.test_label = chosen.name, f"{chosen.label}{reason}"
     if ratio_note and chosen.needs_ratio:
         analysis.notes.append(ratio_note)
+    is_base = _level_mask(cells[base_factor], base_level)
+    analysis.shared = [f for f in shared_by_baseline(cells, is_base) if f in grouped and f != base_factor]
+    for f in analysis.shared:
+        level = format_level(cells.loc[is_base, f].iloc[0])
+        analysis.notes.append(f"the baseline cells ({f}={level}) are shared: every level of {f} is compared with them")
     analysis.cells = _compare(selection, cells, grouped, metric, base_factor, base_level, chosen,
                               ratio, alpha, correction, analysis.notes, pair_keys)
     if not chosen.paired and _pairable(selection, pair_keys):
@@ -332,9 +338,6 @@ def _compare(selection: pd.DataFrame, cells: pd.DataFrame, grouped: list[str], m
     is_base = _level_mask(cells[base_factor], base_level)
     shared = [f for f in shared_by_baseline(cells, is_base) if f in grouped and f != base_factor]
     strata = [f for f in grouped if f != base_factor and f not in shared]
-    for f in shared:
-        level = format_level(cells.loc[is_base, f].iloc[0])
-        notes.append(f"the baseline cells ({f}={level}) are shared: every level of {f} is compared with them")
     base_of = {_key(r, strata): _key(r, grouped) for r in cells.loc[is_base].to_dict("records")}
 
     out = [_empty_comparison() for _ in range(len(cells))]
