@@ -13,8 +13,7 @@ against the real label maps (chosen snapshot, and the untrained stage 1), the sh
 between-stage filter removed (calibration draw and the sampler's own draws), the threshold,
 and stage 2's FCN score on the synthetic pairs and on real validation masks; writes
 ``grid.png`` (mask | real | stage-2 image for validation masks) beside the artifact's
-samples.png (stage-1 label + stage-2 image). Until the ``zscore_norm`` filter lands in
-``SYNTHETIC_FILTERS`` the run uses ``zscore_standin`` below (004's z-score norm).
+samples.png (stage-1 label + stage-2 image).
 
 Prints, asserts nothing; wall and CPU time of the training flow (quality figures included).
 
@@ -116,10 +115,6 @@ def main() -> None:
         train, val = _data(root, CLASSES[args.family])
         print(f"data: {len(train)} training slices of {len(train.subjects)} subjects, {len(val)} val slices, "
               f"{train.num_classes} classes; config overrides {config}")
-        if args.family == "spade_two_stage":
-            from synthmix.trainers.generators import spade_two_stage
-
-            spade_two_stage.STANDIN_FILTERS.setdefault("zscore_norm", zscore_standin)
         spec = GeneratorSpec(key="acceptance", name=args.family, config=config, seed=0)
         context = LocalContext(checkpoint_root=root / "ckpt")
         wall, cpu = time.perf_counter(), time.process_time()
@@ -130,16 +125,6 @@ def main() -> None:
         report(args.family, artifact, train, val, root, context.history[-1])
         print(f"RESULT time: wall {wall:.0f} s, CPU {cpu:.0f} s on {torch.get_num_threads()} thread(s) "
               f"(training + quality figures)")
-
-
-def zscore_standin(labels: np.ndarray, real: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
-    """004 section 3.4 as a stand-in: minus the Euclidean norm of each label map's pixel-wise
-    z-scores against the real maps (label values, per-pixel mean and SD over the real set; the
-    variance gets 1/N added so that pixels constant in the real set stay finite)."""
-    real = real.astype(np.float64)
-    mean, sd = real.mean(axis=0), np.sqrt(real.var(axis=0) + 1.0 / len(real))
-    z = (labels.astype(np.float64) - mean) / sd
-    return -np.sqrt((z ** 2).reshape(len(labels), -1).sum(axis=1))
 
 
 def report_spade(artifact: GeneratorArtifact, train, val, reference, root: Path, last: dict) -> None:

@@ -156,12 +156,6 @@ def test_spade_options_are_checked_by_name():
 
 # ---- spade_two_stage: training, kill and resume --------------------------------------------------
 
-def _foreground_distance(labels: np.ndarray, real: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """A simple stand-in filter: minus the L1 distance of each one-hot map to the real maps' mean."""
-    onehot = lambda x: (x[:, None] == np.arange(k)[None, :, None, None]).astype(float)  # noqa: E731
-    return -np.abs(onehot(labels) - onehot(real).mean(axis=0)).sum(axis=(1, 2, 3))
-
-
 TINY_SPADE = {"labels": {"steps": 8, "batch_size": 4, "base_filters": 4, "latent_dim": 8},
               "images": {"steps": 8, "batch_size": 4, "base_filters": 2, "disc_filters": 4, "hidden": 4},
               "select_every": 4, "select_samples": 8, "calibration_samples": 32, "checkpoint_every": 3,
@@ -180,7 +174,6 @@ def _train_spade(tmp_path: Path, name: str, ckpt: str):
 
 
 def test_spade_killed_in_stage_2_resumes_stage_2_with_stage_1_untouched(tmp_path, monkeypatch):
-    monkeypatch.setitem(spade.STANDIN_FILTERS, "zscore_norm", _foreground_distance)
     whole, _ = _train_spade(tmp_path, "whole", "ckpt-whole")
 
     calls = {"label": 0, "image": 0}

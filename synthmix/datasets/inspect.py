@@ -121,7 +121,7 @@ class DatasetReport:
         lines = ["classes     value: share of labelled voxels (subjects containing it)"]
         for value in sorted(self.class_voxels):
             share = self.class_voxels[value] / total
-            lines.append(f"  {value}: {share:8.3%}  ({self.class_subjects[value]} subjects)")
+            lines.append(f"  {value}: {share:8.3%}  ({_subjects(self.class_subjects[value])})")
         return lines
 
     def _render_metadata(self) -> list[str]:
@@ -142,11 +142,15 @@ class DatasetReport:
         return lines
 
 
+def _subjects(n: int) -> str:
+    return f"{n} subject" + ("" if n == 1 else "s")
+
+
 def _counted(title: str, counts: dict[str, int]) -> list[str]:
     if not counts:
         return [f"{title:<11} (none loaded)"]
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
-    return [f"{title:<11} " + "; ".join(f"{k} ({v} subjects)" for k, v in ordered)]
+    return [f"{title:<11} " + "; ".join(f"{k} ({_subjects(v)})" for k, v in ordered)]
 
 
 def inspect_dataset(path: str | Path) -> DatasetReport:

@@ -41,8 +41,12 @@ def footer(analysis: Analysis) -> list[str]:
         within = f", compared within the same {', '.join(strata)}" if strata else ""
         tested = int(analysis.cells["p_value"].notna().sum())
         lines.append(f"baseline (\u2020): {analysis.baseline_factor}={format_level(analysis.baseline_level)}{within}")
-        lines.append(f"test: {analysis.test_label}; correction: {analysis.correction} over {tested} "
-                     f"comparison(s); * or bold: significant at alpha={analysis.alpha:g} after correction")
+        if tested:
+            lines.append(f"test: {analysis.test_label}; correction: {analysis.correction} over {tested} "
+                         f"comparison{'s' if tested > 1 else ''}; * or bold: significant at "
+                         f"alpha={analysis.alpha:g} after correction")
+        else:
+            lines.append(f"test: {analysis.test_label}; no comparison could be tested (the notes below say why)")
         if analysis.correction != "none" and tested > 1:
             lines.append(f"confidence intervals: {(1 - analysis.alpha) * 100:g}% per comparison, not "
                          f"adjusted for multiplicity ({analysis.correction} decides significance only)")

@@ -31,8 +31,7 @@ snapshot is chosen by SWD as above.
 What comes from where: the stage-2 networks and loss are in ``spade_networks`` (MONAI's
 PatchDiscriminator, a SPADE generator and hinge written after Park et al.: see there); stage 1
 reuses ``dcgan``'s networks and ``wgan.gradient_penalty``; filters and clean-ups are the
-synthetic-data pipeline's ``SYNTHETIC_FILTERS`` / ``LABEL_CLEANUPS``, by name (until a filter's
-name is in the registry, ``STANDIN_FILTERS`` may supply it: tests, benchmarks).
+synthetic-data pipeline's ``SYNTHETIC_FILTERS`` / ``LABEL_CLEANUPS``, by name.
 """
 
 from __future__ import annotations
@@ -55,25 +54,14 @@ from synthmix.trainers.generators.encoding import JointEncoding, decode_labels, 
 from synthmix.trainers.generators.session import GeneratorSession
 from synthmix.trainers.generators.spade_networks import SpadeGenerator, TwoScaleDiscriminator, hinge_discriminator
 from synthmix.trainers.generators.wgan import gradient_penalty
-from synthmix.trainers.synthetic import Samples
+from synthmix.trainers.synthetic import LABEL_CLEANUPS, SYNTHETIC_FILTERS, Reference, Samples
 
 # ---- the between-stage steps: names in the synthetic-data pipeline's registries -----------------
 
 LabelScore = Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]
 """(labels (n, H, W), real labels (N, H, W), num_classes, seed) -> (n,) scores, higher = more real."""
 
-STANDIN_FILTERS: dict[str, LabelScore] = {}
-"""Filters used by name while ``SYNTHETIC_FILTERS`` lacks them (tests and benchmarks fill it)."""
-
 LABEL_ONLY_CLEANUPS = ("fill_holes", "remove_small", "opening")
-
-
-def _registry(name: str):
-    try:
-        from synthmix.trainers import synthetic
-    except ImportError:  # pragma: no cover - the package is part of synthmix
-        return None
-    return getattr(synthetic, name, None)
 
 
 def _label_slices(labels: np.ndarray, num_classes: int) -> SliceSet:
@@ -86,34 +74,27 @@ def _label_slices(labels: np.ndarray, num_classes: int) -> SliceSet:
 
 
 def resolve_filter(name: str) -> LabelScore | None:
-    """The filter called ``name`` as a LabelScore (None for "none"); StudyError if unknown."""
+    """The synthetic filter called ``name`` as a LabelScore (None for "none"); StudyError if unknown."""
     if name == "none":
         return None
-    registry = _registry("SYNTHETIC_FILTERS")
-    if registry is not None and name in registry:
-        entry = registry.get(name)
-        reference_cls = _registry("Reference")
+    if name not in SYNTHETIC_FILTERS:
+        raise StudyError([f"filter: {name!r} is not a synthetic filter (known: {', '.join(SYNTHETIC_FILTERS.names())}"
+                          ", or none)"], source="generator config")
+    entry = SYNTHETIC_FILTERS.get(name)
 
-        def score(labels: np.ndarray, real: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
-            blank = np.zeros((len(labels), 1, *labels.shape[1:]), np.float32)
-            result = entry.fn(Samples(blank, labels, {}), reference_cls(_label_slices(real, num_classes)), seed=seed)
-            return np.asarray(result.score, np.float64)
-        return score
-    if name in STANDIN_FILTERS:
-        return STANDIN_FILTERS[name]
-    raise StudyError([f"filter: {name!r} is not a synthetic filter here (SYNTHETIC_FILTERS has not landed or lacks "
-                      "it); use filter: none"], source="generator config")
+    def score(labels: np.ndarray, real: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+        blank = np.zeros((len(labels), 1, *labels.shape[1:]), np.float32)
+        result = entry.fn(Samples(blank, labels, {}), Reference(_label_slices(real, num_classes)), seed=seed)
+        return np.asarray(result.score, np.float64)
+    return score
 
 
 def resolve_cleanups(names: tuple[str, ...]) -> list[Callable]:
     problems = [f"cleanup: {n!r} needs more than label maps; between the stages only {', '.join(LABEL_ONLY_CLEANUPS)}"
                 for n in names if n not in LABEL_ONLY_CLEANUPS]
-    registry = _registry("LABEL_CLEANUPS")
-    if names and registry is None:
-        problems.append("cleanup: LABEL_CLEANUPS (the synthetic-data pipeline) has not landed; use cleanup: []")
     if problems:
         raise StudyError(problems, source="generator config")
-    return [registry.get(n) for n in names]
+    return [LABEL_CLEANUPS.get(n) for n in names]
 
 
 def choose_threshold(real: np.ndarray, synthetic: np.ndarray, max_real_drop: float,
@@ -261,9 +242,8 @@ def _clean(labels: np.ndarray, channels: np.ndarray, extras: dict, cleanups: lis
     if cleanups:
         samples = Samples(np.zeros((len(labels), 1, *labels.shape[1:]), np.float32), labels,
                           {"label_channels": channels, **extras})
-        reference_cls = _registry("Reference")
         for fn in cleanups:
-            samples = fn(samples, reference_cls(reference))
+            samples = fn(samples, Reference(reference))
         labels = samples.labels
         extras = {k: samples.extras[k] for k in extras}
     keep = labels.reshape(len(labels), -1).max(axis=1) > 0
