@@ -78,7 +78,7 @@ def test_budget_sets_the_most_steps_the_cost_model_affords() -> None:
     cost = lambda n: family.cost(family.config({**PGGAN_TINY, "steps": n}), (32, 32))  # noqa: E731
     assert cost(steps) <= PGGAN_BUDGET < cost(steps + 1)
     spade = resolve_budget("spade_two_stage", {"images": {"steps": 200}}, 600, (64, 64))
-    assert spade["labels"]["steps"] == round(300 * spade["images"]["steps"] / 200)  # proportions kept
+    assert spade["images"]["steps"] == round(200 * spade["labels"]["steps"] / 300)  # the stages' proportions kept
     with pytest.raises(StudyError, match="too small for pggan at 32x32; its smallest valid training"):
         resolve_budget("pggan", PGGAN_TINY, 0.01, (32, 32))
 
