@@ -186,3 +186,15 @@ def test_small_bakeoff_runs_through_ray(tmp_path: Path, capsys) -> None:
     assert "<td>dcgan</td>" in table and "<td>pggan</td>" in table and "<td>dcgan_wgangp</td>" in table
     assert "fcn_dice_mean" in table and "swd real" in table and "nn_distance" in table
     assert section.count("data:image/png;base64,") >= 3  # the real grid and one per level
+
+
+def test_a_list_form_generator_factor_shares_its_baseline_too(tmp_path: Path) -> None:
+    raw = yaml.safe_load(tiny_study_yaml())
+    raw["factors"]["generator"] = ["dcgan_wgangp", "pix2pix"]
+    plain = raw.pop("generator")
+    raw["generator"] = {"configs": {"dcgan_wgangp": plain["config"], "pix2pix": {"steps": 3}},
+                        "pool": plain["pool"], "quality": plain["quality"]}
+    plan = _plan(raw, tmp_path)
+    levels = [c.factors["generator"] for c in plan.cells]
+    assert levels.count(NO_GENERATOR) == 2 and levels.count("dcgan_wgangp") == 2 and levels.count("pix2pix") == 2
+    assert {j.name for j in plan.generator_jobs.values()} == {"dcgan_wgangp", "pix2pix"} and len(plan.generator_jobs) == 4
