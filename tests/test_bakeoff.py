@@ -198,3 +198,35 @@ def test_a_list_form_generator_factor_shares_its_baseline_too(tmp_path: Path) ->
     levels = [c.factors["generator"] for c in plan.cells]
     assert levels.count(NO_GENERATOR) == 2 and levels.count("dcgan_wgangp") == 2 and levels.count("pix2pix") == 2
     assert {j.name for j in plan.generator_jobs.values()} == {"dcgan_wgangp", "pix2pix"} and len(plan.generator_jobs) == 4
+
+
+def test_adding_or_changing_a_level_keeps_the_other_cells(tmp_path: Path) -> None:
+    from synthmix.errors import SynthmixError
+    from synthmix.orchestrator.store import StudyStore
+    from synthmix.orchestrator.study_run import _study_to_freeze
+    from synthmix.search_spaces import load_study
+
+    before = _plan(_bakeoff(), tmp_path)
+    added = _bakeoff()
+    added["factors"]["generator"]["pix"] = {"name": "pix2pix", "config": {"steps": 3}}
+    changed = _bakeoff()
+    changed["factors"]["generator"]["pggan"]["budget"] = {"cpu_seconds": 2 * PGGAN_BUDGET}
+    ids = lambda plan, level: {c.cell_id for c in plan.cells if c.factors["generator"] == level}  # noqa: E731
+    for raw, moved in ((added, set()), (changed, {"pggan"})):
+        after = _plan(raw, tmp_path)
+        for level in ("none", "dcgan", "pggan"):
+            assert (ids(after, level) == ids(before, level)) == (level not in moved), level
+    assert len(ids(_plan(added, tmp_path), "pix")) == 2
+
+    # A run under the stored name takes the new levels (and keeps refusing other changes).
+    paths = {}
+    for name, raw in (("stored", _bakeoff()), ("added", added), ("other", {**_bakeoff(), "seed": 1})):
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(raw))
+    store = StudyStore.at(tmp_path / "st" / "bakeoff")
+    store.root.mkdir(parents=True)
+    store.study_file.write_text(paths["stored"].read_text())
+    assert _study_to_freeze(load_study(paths["stored"]), store) is None
+    assert b"pix2pix" in _study_to_freeze(load_study(paths["added"]), store)
+    with pytest.raises(SynthmixError, match="different configuration"):
+        _study_to_freeze(load_study(paths["other"]), store)

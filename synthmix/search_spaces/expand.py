@@ -377,7 +377,9 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
                 if study.uses_synthetic(combo["synthetic"]):
                     key = _job(study, combo, split, dataset_fingerprint, jobs, data).key
                     pkey = _pool_job(study, combo, key, pools).key
-                cells.append(Cell(cell_id=cell_id(combo, fold, repeat, suffix), factors=combo, fold=fold,
+                level = study.level_fingerprint(combo.get("generator"))
+                own = suffix if level is None else content_hash([study.fingerprint(), dataset_fingerprint, level], 8)
+                cells.append(Cell(cell_id=cell_id(combo, fold, repeat, own), factors=combo, fold=fold,
                                   repeat=repeat, amount=combo[real], generator_key=key,
                                   seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey))
     if not cells:

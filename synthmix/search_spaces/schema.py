@@ -94,6 +94,9 @@ A fully commented example (every section; defaults noted)::
 levels, segmenter, generator, mixing, ``resources.workers``, and the ``tune:`` section with its frozen winner) and leaves out name,
 description, statistics, the other resources, exclude and the other factors' level lists, so
 adding an architecture to a finished study keeps the ids (and results) of its finished cells.
+Named levels of factor generator are hashed into their own cells' ids instead
+(``level_fingerprint``), so adding or changing one keeps the ids of the other levels' cells and
+of the shared baseline.
 Batches are global and drawn alike on any number of workers, but the number of workers still
 changes results (batch-norm statistics and the Dice loss are computed per rank's share), so a
 study resumed with another ``workers`` is a different study. Options added later are hashed only
@@ -288,9 +291,8 @@ class Study:
         kept = {k: d[k] for k in ("seed", "dataset", "split", "segmenter", "generator", "mixing")}
         if kept["generator"]:
             kept["generator"] = _hashed_section(kept["generator"], without_pool)
-        if self.generator_levels:  # only then, so that studies without named levels keep their ids
-            kept["generator_levels"] = [{"name": lv["name"], "section": _hashed_section(lv["section"], without_pool)}
-                                        for lv in d["generator_levels"]]
+        # Named generator levels are not hashed here but into their own cells' ids
+        # (level_fingerprint), so adding a level to a finished bake-off keeps every other cell.
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
         if kept["mixing"].get("draw") == "fixed":  # the default: hashed as before it existed
             del kept["mixing"]["draw"]
@@ -302,6 +304,13 @@ class Study:
             kept["tune"] = d["tune"]
             kept["tuned"] = self.tuned["parameters"] if self.tuned else None
         return content_hash(kept)
+
+
+    def level_fingerprint(self, level: Any) -> str | None:
+        """The hash a named level of factor generator adds to its cells' ids: its whole section
+        (pool included: a new pool gives its cells new rows); None for any other cell."""
+        section = self.generator_sections().get(level) if self.generator_levels else None
+        return None if section is None else content_hash(_hashed_section(asdict(section), False))
 
 
 def _hashed_section(section: dict, without_pool: bool) -> dict:
