@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "confidence bands; box: box plots with not-significant brackets")
     p.add_argument("--per-subject", action="store_true", help="analyse the per-subject table "
                    "(results/subjects/): cells paired with their baseline by test subject")
-    p.add_argument("--by", metavar="COLUMN", help="with --per-subject: stratify by a subject metadata "
-                   "column (age, lesion_load, ...)")
+    p.add_argument("--by", metavar="COLUMN", help="a study factor that leads the columns (e.g. generator: "
+                   "one block per level, each against the shared baseline); with --per-subject: "
+                   "stratify by a subject metadata column (age, lesion_load, ...)")
     p.add_argument("--bins", type=int, help="with --by: quantile bins of a numeric column (default 3)")
     p.add_argument("--stratify", metavar="COLUMN", help="001's secondary analysis (Table II): per cell, a "
                    "logistic regression on its segmentations' structure volumes of the unlabelled subjects "
@@ -59,6 +60,7 @@ def _names(text: str) -> list[str]:
 
 def _results(args: argparse.Namespace) -> int:
     from synthmix.results import analyse, read_results
+    from synthmix.results.analysis import KNOWN_FACTORS
     from synthmix.results.store import ResultsError, read_subject_results
     from synthmix.results.subjects import analyse_subjects
     from synthmix.results.tables import footer, render
@@ -72,16 +74,20 @@ def _results(args: argparse.Namespace) -> int:
     if args.stratify:
         return _secondary(args)
     test, correction, alpha = ("student", "none", 0.05) if args.paper else (args.test, args.correction, args.alpha)
-    if (args.by or args.bins) and not args.per_subject:
-        raise ResultsError("--by and --bins stratify per-subject results: add --per-subject")
+    if args.bins and not args.per_subject:
+        raise ResultsError("--bins stratifies per-subject results by --by: add --per-subject")
     common = dict(metric=args.metric, rows=args.rows, cols=args.cols, baseline=args.baseline,
                   where=args.where, test=test, correction=correction, alpha=alpha)
     if args.per_subject:
         analysis = analyse_subjects(read_subject_results(args.source, storage=args.storage), **common,
                                     by=args.by, bins=args.bins)
     else:
-        analysis = analyse(read_results(args.source, storage=args.storage), **common,
-                           n_train=args.n_train, n_test=args.n_test)
+        results = read_results(args.source, storage=args.storage)
+        factors = results.factors or list(KNOWN_FACTORS)
+        if args.by and args.by not in factors:
+            raise ResultsError(f"--by {args.by!r} is not a factor of {args.source} ({', '.join(factors)}); to "
+                               "stratify by a subject metadata column, add --per-subject")
+        analysis = analyse(results, **common, n_train=args.n_train, n_test=args.n_test, by=args.by)
     if args.plot:  # before the table, so a plot error leaves no partial output
         from synthmix.results.plots import plot
 

@@ -84,8 +84,8 @@ def _declared_classes(study: Study, preprocess) -> int | None:
 
 def _study_to_freeze(study: Study, store: StudyStore) -> bytes | None:
     """The study text to keep as run (None: the stored one is the same). A different study
-    under the same name is refused, except one that differs only in ``generator.pool``, which
-    replaces the stored one. The caller writes it only after the data checks passed, so a study
+    under the same name is refused, except one that differs only in ``generator.pool`` or in
+    named generator levels, which replaces the stored one. The caller writes it only after the data checks passed, so a study
     refused by them can be fixed and rerun under its name."""
     raw = yaml.safe_load(Path(study.source).read_text())
     manifest = raw.get("dataset", {}).get("manifest")
@@ -96,7 +96,11 @@ def _study_to_freeze(study: Study, store: StudyStore) -> bytes | None:
         with store.local_copy(store.study_file) as local:
             previous = load_study(local)
         if previous.fingerprint() == study.fingerprint():
-            return None
+            if previous.generator_levels == study.generator_levels:
+                return None
+            # Named generator levels added, removed or changed: their own cells get new ids
+            # (schema.level_fingerprint); the other levels' cells and the baseline keep theirs.
+            return text.encode()
         if previous.fingerprint(without_pool=True) == study.fingerprint(without_pool=True):
             # Only generator.pool changed: the trained generators stay valid; new pools are drawn
             # from them and the cells that use synthetic data get new ids (the old rows are no

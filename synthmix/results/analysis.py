@@ -59,6 +59,7 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     data: pd.DataFrame | None = None  # the rows that went into the cells (for box plots)
     unit: str = "rows"  # what n counts: "rows" (one per cell and resample) or "subjects"
+    shared: list[str] = field(default_factory=list)  # factors whose baseline cells serve every level (generator)
 
     @property
     def factors(self) -> list[str]:
@@ -92,7 +93,7 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
             baseline: str | dict | None = None, where: list[str] | tuple[str, ...] = (),
             test: str = AUTO, correction: str = "holm", alpha: float = 0.05,
             n_train: float | None = None, n_test: float | None = None,
-            pair_keys: tuple[str, ...] = PAIR_KEYS, unit: str = "rows") -> Analysis:
+            pair_keys: tuple[str, ...] = PAIR_KEYS, unit: str = "rows", by: str | None = None) -> Analysis:
     """Group ``results`` into cells, check the design, test each cell against its baseline.
 
     Args:
@@ -111,6 +112,8 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
         pair_keys: the columns that match a row with its baseline partner in paired tests
             (fold and repeat; ``subject_id`` for per-subject tables).
         unit: what a row is, for the footer ("rows" or "subjects").
+        by: a factor that leads the columns (``--by generator``: a block per generator level,
+            each compared with the baseline it shares with the others).
     """
     result_set = results if isinstance(results, ResultSet) else ResultSet(rows=results)
     if correction not in CORRECTIONS:
@@ -125,6 +128,8 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
     _check_metric(selection, metric, factors)
     # The plan's baseline applies when the table can show its factor (default rows do).
     planned = result_set.baseline if baseline is None else None
+    if by is not None:
+        cols = _by(selection, factors, by, rows, cols)
     rows, cols = _dimensions(selection, factors, rows, cols, baseline_text(baseline) or planned)
     grouped = rows + cols
     check_pooling(selection, factors, grouped)
@@ -151,6 +156,11 @@ def analyse(results: ResultSet | pd.DataFrame, *, metric: str = DEFAULT_METRIC,
     analysis.test, analysis.test_label = chosen.name, f"{chosen.label}{reason}"
     if ratio_note and chosen.needs_ratio:
         analysis.notes.append(ratio_note)
+    is_base = _level_mask(cells[base_factor], base_level)
+    analysis.shared = [f for f in shared_by_baseline(cells, is_base) if f in grouped and f != base_factor]
+    for f in analysis.shared:
+        level = format_level(cells.loc[is_base, f].iloc[0])
+        analysis.notes.append(f"the baseline cells ({f}={level}) are shared: every level of {f} is compared with them")
     analysis.cells = _compare(selection, cells, grouped, metric, base_factor, base_level, chosen,
                               ratio, alpha, correction, analysis.notes, pair_keys)
     if not chosen.paired and _pairable(selection, pair_keys):
@@ -218,6 +228,18 @@ def _dimensions(selection: pd.DataFrame, factors: list[str], rows: list[str] | N
     if overlap:
         raise ResultsError(f"factor(s) in both --rows and --cols: {', '.join(sorted(overlap))}")
     return list(rows), list(cols)
+
+
+def _by(selection: pd.DataFrame, factors: list[str], by: str, rows: list[str] | None,
+        cols: list[str] | None) -> list[str]:
+    """The columns with factor ``by`` first (then ``cols``, or every other varying factor)."""
+    if by not in factors or by not in selection.columns:
+        raise ResultsError(f"--by {by!r}: not a factor of these results; factors: {', '.join(factors)}")
+    if by in (rows or []):
+        raise ResultsError(f"--by {by!r} is also in --rows")
+    rest = cols if cols is not None else [f for f in factors if f in selection.columns and f not in (rows or [])
+                                          and f != "synthetic" and selection[f].nunique(dropna=True) > 1]
+    return [by, *[f for f in rest if f != by]]
 
 
 def _baseline(selection: pd.DataFrame, grouped: list[str], text: str | None) -> tuple[str | None, object]:
@@ -313,8 +335,9 @@ def _compare(selection: pd.DataFrame, cells: pd.DataFrame, grouped: list[str], m
     ratios = ratio.to_numpy(dtype=float) if isinstance(ratio, pd.Series) else ratio
     groups = selection.groupby(grouped, sort=True, dropna=False).indices
     index = {(k if isinstance(k, tuple) else (k,)): v for k, v in groups.items()}
-    strata = [f for f in grouped if f != base_factor]
     is_base = _level_mask(cells[base_factor], base_level)
+    shared = [f for f in shared_by_baseline(cells, is_base) if f in grouped and f != base_factor]
+    strata = [f for f in grouped if f != base_factor and f not in shared]
     base_of = {_key(r, strata): _key(r, grouped) for r in cells.loc[is_base].to_dict("records")}
 
     out = [_empty_comparison() for _ in range(len(cells))]
@@ -335,6 +358,23 @@ def _compare(selection: pd.DataFrame, cells: pd.DataFrame, grouped: list[str], m
     result = pd.concat([cells, comparisons[COMPARISON_COLUMNS]], axis=1)
     result.insert(len(grouped) + 3, "baseline", is_base)
     return result
+
+
+def shared_by_baseline(cells: pd.DataFrame, is_base: np.ndarray) -> list[str]:
+    """Factors whose baseline cells all sit at one level that no other cell has: a synthmix
+    study's generator factor, where the cells without synthetic data run once at level
+    ``none`` and are the baseline of every generator level. The baseline is then looked up
+    without them (each generator level is paired with the same baseline rows)."""
+    if not is_base.any() or is_base.all():
+        return []
+    out = []
+    for factor in cells.columns:
+        if factor in ("n", "mean", "std"):
+            continue
+        base_levels = set(cells.loc[is_base, factor].astype(str))
+        if len(base_levels) == 1 and not base_levels & set(cells.loc[~is_base, factor].astype(str)):
+            out.append(factor)
+    return out
 
 
 def _one(test: StatTest, values: np.ndarray, x_idx: np.ndarray, y_idx: np.ndarray,

@@ -41,7 +41,8 @@ def write_report(source: str, out: str | Path, *, storage: str | None = None, me
     fs, folder = resolve_source(source, storage)
     sections = [f"<h1>synthmix study {html.escape(_study_name(results, source))}</h1>",
                 _summary(results), "<h2>Results</h2>", f"<pre>{html.escape(render(analysis, 'table'))}</pre>",
-                _comparisons(analysis), _plots(analysis), _classes(results),
+                _comparisons(analysis), _generator_comparison(results, analysis, fs, folder),
+                _plots(analysis), _classes(results),
                 _subjects(source, storage, metric=metric, correction=correction, alpha=alpha, baseline=baseline),
                 _tuning(fs, folder), _generators(fs, folder), _failures(results)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthmix report</title>"
@@ -215,6 +216,44 @@ def _generators(fs: pafs.FileSystem, folder: str) -> str:
         grids = (_read(fs, f"{base}/real.png"), _read(fs, f"{base}/samples.png"))
         sections.append(_generator_section(key, json.loads(raw), spec, pools.get(key, []), grids))
     return f"<h2>Generators</h2>{''.join(sections)}" if sections else ""
+
+
+def _generator_comparison(results, analysis, fs: pafs.FileSystem, folder: str) -> str:
+    """A study with factor generator: one row per level with its generators' quality figures
+    and floors, the paired Dice differences against the shared baseline, and one sample grid
+    per level side by side (``generator_comparison``)."""
+    from synthmix.results import generator_comparison as gc
+
+    rows = results.rows
+    if not gc.has_generator_factor(results.factors, rows):
+        return ""
+    quality = gc.quality_table(rows)
+    if quality.empty:
+        return ""
+    keys = gc.grid_keys(rows, _real_factor(results.factors))
+    families = {level: json.loads(_read(fs, f"{folder}/artifacts/generators/{key}/generator.json") or b"{}").get("family", "")
+                for level, key in keys.items()}
+    quality.insert(1, "family", quality["generator"].map(families).fillna(""))
+    dice = gc.dice_differences(analysis, _real_factor(results.factors))
+    grids = "".join(
+        f"<div style='display:inline-block;vertical-align:top;width:{max(100 // (len(keys) + 1), 15)}%'>"
+        f"<p>{html.escape(str(name))}</p>{_img(png)}</div>"
+        for name, png in [("real", _read(fs, f"{folder}/artifacts/generators/{next(iter(keys.values()))}/real.png")),
+                          *[(level, _read(fs, f"{folder}/artifacts/generators/{key}/samples.png")) for level, key in keys.items()]]
+        if png)
+    legend = "".join(f"<li>{html.escape(f)}: {html.escape(what)}</li>" for f, what in gc.FIGURES)
+    dice_html = (f"<h3>Paired {html.escape(analysis.metric)} difference against the shared baseline</h3>"
+                 f"{dice.to_html(classes='generator-dice')}<p>difference [{(1 - analysis.alpha) * 100:g}% CI] "
+                 f"and p after {html.escape(analysis.correction)} correction; test: {html.escape(analysis.test_label)}</p>"
+                 if not dice.empty else "")
+    return (f"<h2>Generator comparison</h2>{quality.to_html(index=False, float_format='%.4g', na_rep='', classes='generator-comparison')}"
+            f"<p>Means over each level's generators (one per subset); real: the floor, untrained: the same network "
+            f"before training.</p><ul>{legend}</ul>{dice_html}"
+            f"<h3>Samples (largest real amount, first resample)</h3>{grids}")
+
+
+def _real_factor(factors: list[str]) -> str:
+    return next((f for f in factors if f in ("real_fraction", "real_count")), "real_fraction")
 
 
 def _failures(results) -> str:

@@ -37,7 +37,7 @@ def footer(analysis: Analysis) -> list[str]:
     """What the table shows and how it was tested, then the design notes."""
     lines = [f"{analysis.metric}: mean (std) n={analysis.unit} per cell"]
     if analysis.baseline_factor is not None:
-        strata = [f for f in analysis.factors if f != analysis.baseline_factor]
+        strata = [f for f in analysis.factors if f != analysis.baseline_factor and f not in analysis.shared]
         within = f", compared within the same {', '.join(strata)}" if strata else ""
         tested = int(analysis.cells["p_value"].notna().sum())
         lines.append(f"baseline (\u2020): {analysis.baseline_factor}={format_level(analysis.baseline_level)}{within}")

@@ -145,10 +145,10 @@ def generator_size_problems(name: str, size: tuple[int, int], patches: bool) -> 
 
 
 def _generator_problems(study: Any, train_size: tuple[int, int], patches: bool) -> list[str]:
-    if study.generator is None or not any(study.uses_synthetic(v) for v in study.factors.get("synthetic", ())):
+    if not study.generator_sections() or not any(study.uses_synthetic(v) for v in study.factors.get("synthetic", ())):
         return []
     problems = []
-    for name in study.generator.configs:
+    for name in dict.fromkeys(n for g in study.generator_sections().values() for n in g.configs):
         problems += generator_size_problems(name, train_size, patches)
     return problems
 
@@ -167,7 +167,7 @@ def _training_samples(config: Any, size: tuple[int, int], depth: dict, subjects:
 def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int], depth: dict) -> list[str]:
     """Additive levels drawing more distinct synthetic samples than the fixed pool holds."""
     from synthmix.datasets.mixing import MIXING_POLICIES
-    if study.mixing.policy != "additive" or study.mixing.source != "pool" or study.generator is None:
+    if study.mixing.policy != "additive" or study.mixing.source != "pool" or not study.generator_sections():
         return []
     from synthmix.search_spaces.expand import grid
 
@@ -178,26 +178,31 @@ def _pool_problems(study: Any, splits: list, config: Any, size: tuple[int, int],
     tops: dict = {}
     for combo in grid(study):
         tops[combo[real_factor]] = max(tops.get(combo[real_factor], 0.0), policy.amount(combo["synthetic"])[0])
-    worst = None
-    block = study.generator.block_size
+    draws = []  # (top level, real samples, training subjects) per split that draws synthetic data
     for s in splits:
         top = tops.get(s.amount, 0.0)
         if top > 0:
-            real = _training_samples(config, size, depth, s.train)
+            draws.append((top, _training_samples(config, size, depth, s.train), len(s.train)))
+    problems = []
+    for level, section in study.generator_sections().items():
+        block, worst = section.block_size, None
+        for top, real, subjects in draws:
             # With generator blocks the cell draws an equal share of each block's pool
             # (mixing.pool_blocks): each pool needs its share (blocks counted in subjects).
-            blocks = math.ceil(len(s.train) / block) if block else 1
+            blocks = math.ceil(subjects / block) if block else 1
             need = math.ceil(round(top * real) / blocks)
             if worst is None or need > worst[0]:
                 worst = (need, top, real)
-    pool = study.generator.pool.get("size", POOL_SIZE)
-    if worst is not None and isinstance(pool, int) and pool < worst[0]:
-        need, top, real = worst
-        what = "patches" if config.patch_size else "slices"
-        per = " per generator block" if block else ""
-        return [f"generator.pool.size: {pool} is too small: the additive level {top:g} of a training subset of "
-                f"{real} real {what} draws {need} distinct synthetic samples{per}; set it to at least {need}"]
-    return []
+        pool = section.pool.get("size", POOL_SIZE)
+        if worst is not None and isinstance(pool, int) and pool < worst[0]:
+            need, top, real = worst
+            what = "patches" if config.patch_size else "slices"
+            path = "generator" if level is None else f"factors.generator.{level}"
+            per = " per generator block" if block else ""
+            problems.append(f"{path}.pool.size: {pool} is too small: the additive level {top:g} of a training "
+                            f"subset of {real} real {what} draws {need} distinct synthetic samples{per}; set it "
+                            f"to at least {need}")
+    return problems
 
 
 def _check_config(study: Any, config: Any, splits: list, headers: dict, where: str,

@@ -26,6 +26,16 @@ Identity and seeds (DESIGN rules 5 and 6):
   hashed: a block is the training of its subjects), each block has its own pool job, and the
   cell lists its blocks in ``Cell.blocks``; its ``generator_key``/``pool_key`` are the first
   block's. The cell's pool takes an equal share of each block's pool (``mixing.pool_blocks``).
+- factor generator: a level is a family (list form, ``generator.configs``) or a whole named
+  section (``factors.generator: {LEVEL: {name, config, ...}}``); a level's key is the key the
+  same section gets as the study's one ``generator``, so a bake-off reuses the generators of
+  single-family studies. Cells of every level share the real subsets (same (fold, repeat,
+  amount) -> same subjects). A cell without synthetic data needs no generator, so the grid
+  holds it once, at generator level ``none`` (``schema.NO_GENERATOR``), as the baseline of
+  every level (``grid``); the aggregator compares each level with it.
+- ``generator.budget: {cpu_seconds: N}``: the family's cost model sets its steps
+  (``trainers.generators.budget``) at the study's slice size; the resolved config is in the
+  job (plan.json) and in its key.
 
 The compute estimate is a model, not a measurement of the study: per training step,
 a fixed overhead + a cost per (batch x pixel) sample, times the steps (per cell: a budget in
@@ -52,7 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthmix.search_spaces.schema import Study, content_hash
+from synthmix.search_spaces.schema import NO_GENERATOR, Study, content_hash
 from synthmix.errors import StudyError
 
 # (seconds per step, seconds per million batch x pixel samples) on one CPU thread; for the
@@ -110,6 +120,7 @@ class GeneratorJob:
     select: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
+    level: str | None = None   # the factor generator level it serves (the first, when several share it)
 
     def generator_spec(self):
         from synthmix.trainers.generators.flow import GeneratorSpec
@@ -178,6 +189,7 @@ class Plan:
             **({"tune": _tune_block(self)} if self.study.tune else {}),
             # Factor classes: each level's lookup table (lut[old label] = new) and class names.
             **({"classes": [c.to_dict() for c in self.study.classes]} if self.study.classes else {}),
+            **({"generator_levels": generator_levels(self)} if "generator" in self.study.factors else {}),
         }
 
     def to_json(self) -> str:
@@ -202,6 +214,12 @@ class Plan:
             counts = sorted(per_key.values())
             lines.append(f"  cells per key: min {counts[0]}, max {counts[-1]}; "
                          f"{sum(c.generator_key is None for c in self.cells)} cells use no generator")
+        if "generator" in s.factors:
+            for row in generator_levels(self):
+                lines.append(f"  generator {row['level']}: " + (
+                    f"{row['family']}, {row['cells']} cells, {row['trainings']} trainings of {row['steps']} steps, "
+                    f"{_hours(row['cpu_seconds_each'])} CPU each (cost model)" if row["family"] else
+                    f"{row['cells']} cells without synthetic data (the baseline of every level)"))
         if e:
             r = e["per_trial"]
             lines += [f"resources per training: {r['workers']} worker(s) x ({r['cpus_per_worker']:g} CPU, "
@@ -292,7 +310,25 @@ def grid(study: Study) -> list[dict]:
     """Every factor-level combination, in YAML factor order, minus the excluded ones."""
     names = list(study.factors)
     combos = [dict(zip(names, levels)) for levels in itertools.product(*study.factors.values())]
-    return [c for c in combos if not any(_matches(c, ex) for ex in study.exclude)]
+    return shared_baselines(study, [c for c in combos if not any(_matches(c, ex) for ex in study.exclude)])
+
+
+def shared_baselines(study: Study, combos: list[dict]) -> list[dict]:
+    """With factor generator, a combination without synthetic data at generator level
+    ``none``, once: its cell trains on real data only, so one baseline per subset serves every
+    generator level instead of one identical copy per level."""
+    if "generator" not in study.factors or "synthetic" not in study.factors:
+        return combos
+    out, seen = [], set()
+    for combo in combos:
+        if not study.uses_synthetic(combo["synthetic"]):
+            combo = {**combo, "generator": NO_GENERATOR}
+            text = json.dumps(combo, sort_keys=True, default=str)
+            if text in seen:
+                continue
+            seen.add(text)
+        out.append(combo)
+    return out
 
 
 def _matches(combo: dict, exclusion: dict) -> bool:
@@ -364,10 +400,12 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
                 key = pkey = None
                 blocks: tuple = ()
                 if study.uses_synthetic(combo["synthetic"]):
-                    blocks = tuple((k, _pool_job(study, k, pools).key)
-                                   for k in _block_keys(study, combo, splits, split, dataset_fingerprint, jobs))
+                    blocks = tuple((k, _pool_job(study, combo, k, pools).key)
+                                   for k in _block_keys(study, combo, splits, split, dataset_fingerprint, jobs, data))
                     (key, pkey), blocks = blocks[0], blocks if len(blocks) > 1 else ()
-                cells.append(Cell(cell_id=cell_id(combo, fold, repeat, suffix), factors=combo, fold=fold,
+                level = study.level_fingerprint(combo.get("generator"))
+                own = suffix if level is None else content_hash([study.fingerprint(), dataset_fingerprint, level], 8)
+                cells.append(Cell(cell_id=cell_id(combo, fold, repeat, own), factors=combo, fold=fold,
                                   repeat=repeat, amount=combo[real], generator_key=key,
                                   seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey,
                                   blocks=blocks))
@@ -387,25 +425,26 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
 
 
 def _block_keys(study: Study, combo: dict, splits: Any, split: Any, dataset_fingerprint: str,
-                jobs: dict[str, GeneratorJob]) -> list[str]:
+                jobs: dict[str, GeneratorJob], data: Any = None) -> list[str]:
     """The generator key of each block of the cell's subset (one without ``block_size``)."""
-    size = study.generator.block_size
+    size = study.generator_of(combo.get("generator"))[2].block_size
     if size is None:
-        return [_job(study, combo, split, dataset_fingerprint, jobs).key]
+        return [_job(study, combo, split, dataset_fingerprint, jobs, data).key]
     from synthmix.datasets.splits import training_blocks
 
-    return [_job(study, combo, split, dataset_fingerprint, jobs, subjects=b).key
+    return [_job(study, combo, split, dataset_fingerprint, jobs, data, subjects=b).key
             for b in training_blocks(splits, split, size)]
 
 
 def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
-         jobs: dict[str, GeneratorJob], subjects: tuple | None = None) -> GeneratorJob:
+         jobs: dict[str, GeneratorJob], data: Any = None, subjects: tuple | None = None) -> GeneratorJob:
     """``subjects``: a block of the split's subset (default: the whole subset)."""
     from synthmix.trainers.generators import GENERATORS
 
-    g = study.generator
-    name = combo.get("generator") or next(iter(g.configs))
-    config = g.configs[name]
+    name, config, g = study.generator_of(combo.get("generator"))
+    if g.budget:
+        at = f"factors.generator.{combo['generator']}" if study.generator_levels else "generator"
+        config = resolved_config(study, name, config, g.budget, data, path=at)
     unlabelled = tuple(sorted(split.unlabelled)) if GENERATORS.get(name).uses_unlabelled else ()
     shared = {"select": g.select, "quality": g.quality, "masks": g.masks}
     trained_on = tuple(sorted(split.train if subjects is None else subjects))
@@ -417,17 +456,56 @@ def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
         jobs[key] = GeneratorJob(key=key, fold=split.fold, repeat=split.repeat, amount=split.amount,
                                  subjects=trained_on, config=dict(config), name=name,
                                  seed=derive_seed(study.seed, "generator", key), unlabelled=unlabelled,
-                                 **{k: dict(v) for k, v in shared.items()})
+                                 level=combo.get("generator"), **{k: dict(v) for k, v in shared.items()})
     return jobs[key]
 
 
-def _pool_job(study: Study, gen_key: str, pools: dict[str, PoolJob]) -> PoolJob:
-    spec, source = dict(study.generator.pool), study.mixing.source
+def resolved_config(study: Study, name: str, config: dict, budget: dict, data: Any = None, *,
+                    path: str = "generator") -> dict:
+    """``config`` with the steps that ``budget`` affords at the study's slice size (StudyError
+    naming the section at ``path`` when it affords no valid training)."""
+    from synthmix.trainers.generators.budget import resolve_budget
+
+    side = int(round(_image_pixels(study, data) ** 0.5))
+    try:
+        return resolve_budget(name, config, float(budget["cpu_seconds"]), (side, side))
+    except StudyError as err:
+        raise StudyError([f"{path}.{p}" for p in err.problems], study.source) from None
+
+
+def _pool_job(study: Study, combo: dict, gen_key: str, pools: dict[str, PoolJob]) -> PoolJob:
+    spec, source = dict(study.generator_of(combo.get("generator"))[2].pool), study.mixing.source
     key = pool_key(gen_key, spec, source)
     if key not in pools:
         pools[key] = PoolJob(key=key, generator_key=gen_key, spec=spec, source=source,
                              seed=derive_seed(study.seed, "pool", key))
     return pools[key]
+
+
+def generator_levels(plan: "Plan") -> list[dict]:
+    """Per level of factor generator: its family, cells, trainings, steps and modelled seconds
+    of one training (what ``plan`` prints and plan.json records)."""
+    pixels = _image_pixels(plan.study, plan.data)
+    out: dict = {}
+    for cell in plan.cells:
+        level = cell.factors.get("generator")
+        job = plan.generator_jobs.get(cell.generator_key) if cell.generator_key else None
+        row = out.setdefault(level, {"level": level, "family": job.name if job else None, "cells": 0,
+                                     "trainings": set(), "steps": None, "cpu_seconds_each": None})
+        row["cells"] += 1
+        if job:
+            row["trainings"].add(job.key)
+            row["steps"] = _job_steps(job)
+            row["cpu_seconds_each"] = round(generator_seconds(job, pixels), 1)
+    return [{**r, "trainings": len(r["trainings"])} for r in out.values()]
+
+
+def _job_steps(job: GeneratorJob) -> int:
+    from synthmix.trainers.generators import GENERATORS
+
+    family = GENERATORS.get(job.name)
+    built = family.config(dict(job.config))
+    return int(sum(family.steps_of(built).values()) if family.steps_of else built.steps)
 
 
 # --- estimate ----------------------------------------------------------------------------------

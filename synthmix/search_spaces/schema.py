@@ -30,6 +30,12 @@ A fully commented example (every section; defaults noted)::
       augmentation: [none]         # AUGMENTATIONS names (default [none]); traditional: 002's
                                    # offline copies, one per real training slice
       # generator: [dcgan_wgangp]  # optional factor; then generator.configs per name
+      # generator: {dcgan: {name: dcgan_wgangp, config: {steps: 300}}, ddpm: {name: ddpm}}
+                                   # or named levels, each a whole generator section (name,
+                                   # config, budget, select, pool, quality, masks); a top-level
+                                   # generator section then holds only defaults for every level
+                                   # (not name/config). Cells of every level share the real
+                                   # subsets; synthetic-0 cells run once, with level "none"
       # classes: {7: identity, 4: {4: 0, 5: 0, 6: 0}}  # optional: named remappings of the
                                    # dataset's labels (synthmix.datasets.class_levels); one
                                    # generator and one pool serve every level
@@ -49,6 +55,8 @@ A fully commented example (every section; defaults noted)::
     generator:                     # required when some synthetic level uses synthetic data
       name: dcgan_wgangp           # a GENERATORS name
       config: {steps: 40}          # that family's own options (not seed: derived)
+      # budget: {cpu_seconds: 600} # instead of the config's steps: the most steps whose modelled
+                                   # CPU time (the family's cost model) fits, resolved by plan
       # configs: {dcgan_wgangp: {steps: 40}}   # instead of name/config with factor generator
       select: {by: swd, every: 20} # keep the best snapshot: swd | fcn_score | last (default)
       pool:                        # the synthetic pool drawn from each trained generator
@@ -95,6 +103,9 @@ A fully commented example (every section; defaults noted)::
 levels, segmenter, generator, mixing, ``resources.workers``, and the ``tune:`` section with its frozen winner) and leaves out name,
 description, statistics, the other resources, exclude and the other factors' level lists, so
 adding an architecture to a finished study keeps the ids (and results) of its finished cells.
+Named levels of factor generator are hashed into their own cells' ids instead
+(``level_fingerprint``), so adding or changing one keeps the ids of the other levels' cells and
+of the shared baseline.
 Batches are global and drawn alike on any number of workers, but the number of workers still
 changes results (batch-norm statistics and the Dice loss are computed per rank's share), so a
 study resumed with another ``workers`` is a different study. Options added later are hashed only
@@ -117,8 +128,14 @@ from synthmix.datasets.mixing import DRAWS, MIXING_POLICIES, SOURCES
 from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
+TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
             "generator", "mixing", "statistics", "resources", "tune", "evaluate")
-GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "block_size")
+GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "budget", "block_size")
+# The keys of one named level of factor generator (a whole section of one family).
+LEVEL_KEYS = ("name", "config", "budget", "select", "pool", "quality", "masks", "block_size")
+# The generator level of the cells that use no synthetic data: one baseline per subset serves
+# every level of factor generator (expand.grid), so it is no level of its own.
+NO_GENERATOR = "none"
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator", "classes")
 CORRECTIONS = ("none", "holm", "bh")
@@ -136,6 +153,7 @@ _BUILDERS = {
     "pool": ("synthmix.trainers.synthetic", "build_pool_spec"),
     "quality": ("synthmix.trainers.generators.flow", "build_quality_spec"),
     "masks": ("synthmix.trainers.generators.masks", "build_mask_spec"),
+    "budget": ("synthmix.trainers.generators.budget", "build_budget_spec"),
 }
 
 
@@ -186,6 +204,20 @@ class GeneratorSection:
     # One generator per block of this many subjects of a larger subset, samples pooled (001
     # III-F; expand.py and splits.training_blocks); None: one generator per subset.
     block_size: int | None = None
+    budget: dict = field(default_factory=dict)  # {cpu_seconds: N}: steps set by the cost model at plan time
+
+    @property
+    def family(self) -> str:
+        """The family of a one-family section (a named level, or a study without the factor)."""
+        return next(iter(self.configs))
+
+
+@dataclass(frozen=True)
+class GeneratorLevel:
+    """One named level of factor generator: a whole generator section of one family."""
+
+    name: str
+    section: GeneratorSection
 
 
 @dataclass(frozen=True)
@@ -242,6 +274,7 @@ class Study:
     tuned: dict | None = None  # the search's winner frozen into this study: {parameters, trial, value}
     classes: tuple = ()  # class_levels.ClassLevel per level of factor classes, in level order
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    generator_levels: tuple = ()  # GeneratorLevel per named level of factor generator (then generator is None)
 
     @property
     def real_factor(self) -> str:
@@ -253,6 +286,22 @@ class Study:
     def class_level(self, name: Any):
         """The ClassLevel of factor ``classes`` level ``name`` (None without the factor)."""
         return next((c for c in self.classes if c.name == name), None)
+
+    def generator_sections(self) -> dict:
+        """Level name (None without factor generator) -> its GeneratorSection; a list-form
+        factor's levels share one section, named by their family."""
+        if self.generator_levels:
+            return {lv.name: lv.section for lv in self.generator_levels}
+        return {None: self.generator} if self.generator is not None else {}
+
+    def generator_of(self, level: Any = None) -> tuple[str, dict, GeneratorSection]:
+        """(family, its config, the section) of a cell at factor generator ``level``."""
+        if self.generator_levels:
+            section = self.generator_sections()[level]
+            return section.family, section.configs[section.family], section
+        g = self.generator
+        name = level if level in g.configs else g.family
+        return name, g.configs[name], g
 
     def segmenter_config(self, architecture: str, augmentation: str) -> dict:
         """The segmentation config dict of a cell with these levels (seed not included: the
@@ -271,10 +320,10 @@ class Study:
         from its stored version only there reuses its trained generators (new pools, new cells)."""
         d = self.to_dict()
         kept = {k: d[k] for k in ("seed", "dataset", "split", "segmenter", "generator", "mixing")}
-        if kept["generator"] and kept["generator"].get("block_size") is None:
-            kept["generator"].pop("block_size", None)  # hashed only when set: older studies keep their ids
-        if without_pool and kept["generator"]:
-            kept["generator"] = {k: v for k, v in kept["generator"].items() if k != "pool"}
+        if kept["generator"]:
+            kept["generator"] = _hashed_section(kept["generator"], without_pool)
+        # Named generator levels are not hashed here but into their own cells' ids
+        # (level_fingerprint), so adding a level to a finished bake-off keeps every other cell.
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
         if kept["mixing"].get("draw") == "fixed":  # the default: hashed as before it existed
             del kept["mixing"]["draw"]
@@ -290,6 +339,20 @@ class Study:
             kept["tune"] = d["tune"]
             kept["tuned"] = self.tuned["parameters"] if self.tuned else None
         return content_hash(kept)
+
+
+    def level_fingerprint(self, level: Any) -> str | None:
+        """The hash a named level of factor generator adds to its cells' ids: its whole section
+        (pool included: a new pool gives its cells new rows); None for any other cell."""
+        section = self.generator_sections().get(level) if self.generator_levels else None
+        return None if section is None else content_hash(_hashed_section(asdict(section), False))
+
+
+def _hashed_section(section: dict, without_pool: bool) -> dict:
+    """A generator section as the fingerprint hashes it: ``budget`` and ``block_size`` only when
+    given (studies written before them keep their ids), ``pool`` left out for ``without_pool``."""
+    return {k: v for k, v in section.items()
+            if not (k == "budget" and not v) and not (k == "block_size" and v is None) and not (without_pool and k == "pool")}
 
 
 def content_hash(obj: Any, n: int = 16) -> str:
@@ -532,6 +595,12 @@ def _factors(raw: Any, mixing: MixingSection, problems: _Problems) -> dict:
         if name not in FACTORS:
             continue
         path = f"factors.{name}"
+        if name == "generator" and isinstance(levels, dict):  # named sections (see _generator_levels)
+            if not levels:
+                problems.add(path, "is empty; give at least one level")
+            else:
+                factors[name] = tuple(levels)
+            continue
         if name == "classes":  # a mapping of level name -> remapping (see _class_levels)
             if not isinstance(levels, dict) or not levels:
                 problems.add(path, "must be a mapping of level name -> remapping, e.g. "
@@ -647,41 +716,82 @@ def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> Gen
         if needs:
             problems.add("generator", "missing; some synthetic levels use synthetic data")
         return None
-    if "generator" in factors:
-        if "name" in g or "config" in g:
-            problems.add("generator", "with factor generator, give configs: {name: config} instead of name/config")
-        configs = _mapping(g.get("configs", {}), "generator.configs", problems, None)
-        for name in factors["generator"]:
-            if name not in configs:
-                configs[name] = {}
-        for name in configs:
-            if name not in factors["generator"]:
-                problems.add(f"generator.configs.{name}", "is not a level of factors.generator")
-    else:
-        if "configs" in g:
-            problems.add("generator.configs", "only with factor generator; give name and config")
-        name = g.get("name")
-        known = known_names("generator")
-        if not isinstance(name, str):
-            problems.add("generator.name", f"must be a generator name, got {name!r}")
-        elif known is not None and name not in known:
-            problems.add("generator.name", f"unknown generator {name!r}; known: {', '.join(known)}")
-        configs = {name: _mapping(g.get("config", {}), "generator.config", problems, None)}
-    shared = {k: dict(_mapping(g.get(k), f"generator.{k}", problems, None)) for k in ("select", "pool", "quality", "masks")}
-    block_size = _int(g, "block_size", "generator", problems, default=None, minimum=1, allow_none=True)
+    if "generator" not in factors:
+        return _one_generator(g, "generator", problems)
+    if "name" in g or "config" in g:
+        problems.add("generator", "with factor generator, give configs: {name: config} instead of name/config")
+    configs = _mapping(g.get("configs", {}), "generator.configs", problems, None)
+    for name in factors["generator"]:
+        if name not in configs:
+            configs[name] = {}
+    for name in configs:
+        if name not in factors["generator"]:
+            problems.add(f"generator.configs.{name}", "is not a level of factors.generator")
+    return _section_checks(configs, g, "generator", lambda name: f"generator.configs.{name}", problems)
+
+
+def _one_generator(g: dict, path: str, problems: _Problems) -> GeneratorSection:
+    """A section of one family (``name`` + ``config``) at ``path``: the study's ``generator``, or
+    a named level of factor generator (``factors.generator.LEVEL``)."""
+    if "configs" in g:
+        problems.add(f"{path}.configs", "only with factor generator; give name and config")
+    name = g.get("name")
+    known = known_names("generator")
+    if not isinstance(name, str):
+        problems.add(f"{path}.name", f"must be a generator name, got {name!r}")
+    elif known is not None and name not in known:
+        problems.add(f"{path}.name", f"unknown generator {name!r}; known: {', '.join(known)}")
+    configs = {name: _mapping(g.get("config", {}), f"{path}.config", problems, None)}
+    return _section_checks(configs, g, path, lambda _: f"{path}.config", problems)
+
+
+def _section_checks(configs: dict, g: dict, path: str, config_path: Callable[[str], str],
+                    problems: _Problems) -> GeneratorSection:
+    """The section of these family configs and ``g``'s shared settings, each checked by its
+    owner (the family's builder; select, pool, quality, masks, budget builders)."""
+    shared = {k: dict(_mapping(g.get(k), f"{path}.{k}", problems, None))
+              for k in ("select", "pool", "quality", "masks", "budget")}
+    block_size = _int(g, "block_size", path, problems, default=None, minimum=1, allow_none=True)
     section = GeneratorSection(configs={str(k): dict(v or {}) for k, v in configs.items()}, **shared,
                                block_size=block_size)
     registry = _import(_REGISTRIES["generator"])
     for name, cfg in section.configs.items():
-        path = "generator.config" if "generator" not in factors else f"generator.configs.{name}"
         if "seed" in cfg:  # rule 5: each generator's seed derives from the study seed and its key
-            problems.add(f"{path}.seed", "set the study's seed instead; each generator derives its own")
+            problems.add(f"{config_path(name)}.seed", "set the study's seed instead; each generator derives its own")
             continue
         if registry is not None and name in registry:
-            _build("generator", cfg, path, problems, builder=registry.get(name).config)  # the family's own builder
+            before = len(problems)
+            _build("generator", cfg, config_path(name), problems, builder=registry.get(name).config)  # the family's own builder
+            if section.budget and len(problems) == before:
+                _build("budget", section.budget, f"{path}.budget", problems,
+                       builder=lambda b, n=name, c=cfg: _import(_BUILDERS["budget"])(b, family=n, config=c))
     for kind in ("select", "pool", "quality", "masks"):
-        _build(kind, shared[kind], f"generator.{kind}", problems)
+        _build(kind, shared[kind], f"{path}.{kind}", problems)
     return section
+
+
+def _generator_levels(raw: Any, factors: dict, defaults: Any, problems: _Problems) -> tuple:
+    """Named levels of factor generator (``factors.generator: {LEVEL: section}``), each a whole
+    section validated as the study's ``generator`` is; a top-level ``generator`` section holds
+    only defaults that every level may replace (budget, select, pool, quality, masks)."""
+    levels = raw.get("generator") if isinstance(raw, dict) else None
+    if not isinstance(levels, dict) or "generator" not in factors:
+        return ()
+    shared = LEVEL_KEYS[2:]
+    base = _mapping(defaults, "generator", problems, shared)
+    out = []
+    for level, section in levels.items():
+        path = f"factors.generator.{level}"
+        if not isinstance(level, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", level):
+            problems.add(path, "a level name is letters, digits, '.', '_' or '-' (it names cells)")
+            continue
+        if level == NO_GENERATOR:
+            problems.add(path, f"{NO_GENERATOR!r} is the level of the cells without synthetic data; rename it")
+            continue
+        g = _mapping(section, path, problems, LEVEL_KEYS)
+        merged = {**{k: v for k, v in base.items() if k in shared}, **g}
+        out.append(GeneratorLevel(name=level, section=_one_generator(merged, path, problems)))
+    return tuple(out)
 
 
 def _stat_test_names() -> tuple[str, ...]:
@@ -766,28 +876,35 @@ def _cross_checks(study_factors: dict, mixing: MixingSection, batch_size: int | 
                 policy.real_share(level, n_real=1, batch_size=batch_size) == 0:
             problems.add(f"factors.synthetic[{i}]", f"{level!r} draws no real data, so segmenter.budget "
                          f"({', '.join(budget)}) in real exposures never ends; use segmenter.max_steps")
-    if not generator:
+    if generator:
+        _generator_cross_checks(study_factors, mixing, generator, resources, problems, "generator")
+
+
+def _generator_cross_checks(study_factors: dict, mixing: MixingSection, generator: GeneratorSection,
+                            resources: ResourcesSection, problems: _Problems, path: str) -> None:
+    """_cross_checks of one generator section at ``path`` (``generator`` or a named level)."""
+    if mixing.policy not in MIXING_POLICIES:
         return
     pool_size = generator.pool.get("size", 512)
     if mixing.source == "pool" and mixing.policy in ("count", "synthetic_only") and isinstance(pool_size, int):
         need = max(study_factors.get("synthetic", (0,)))
         if pool_size < need:
-            problems.add("generator.pool.size", f"{pool_size} is smaller than the largest synthetic count {need}")
+            problems.add(f"{path}.pool.size", f"{pool_size} is smaller than the largest synthetic count {need}")
     if generator.block_size is not None and mixing.source == "on_the_fly":
-        problems.add("generator.block_size", "blocks pool their generators' fixed pools; use mixing.source: pool")
+        problems.add(f"{path}.block_size", "blocks pool their generators' fixed pools; use mixing.source: pool")
     filters = _import(("synthmix.trainers.synthetic", "SYNTHETIC_FILTERS"))
     if mixing.source == "on_the_fly" and filters is not None:
         for i, step in enumerate(generator.pool.get("filters") or []):
             name = step.get("name") if isinstance(step, dict) else step
             if name in filters and filters.get(name).whole_pool:
-                problems.add(f"generator.pool.filters[{i}]",
+                problems.add(f"{path}.pool.filters[{i}]",
                              f"filter {name!r} ranks samples against the whole pool, which sampling on the fly "
                              "(mixing.source: on_the_fly) never has; use source: pool or drop the filter")
     for name, cfg in generator.configs.items():
         batch = cfg.get("batch_size")
         if isinstance(batch, int) and batch % resources.workers:
-            path = "generator.config" if len(generator.configs) == 1 else f"generator.configs.{name}"
-            problems.add(f"{path}.batch_size", f"{batch} is not divisible by resources.workers={resources.workers} "
+            at = f"{path}.config" if len(generator.configs) == 1 else f"{path}.configs.{name}"
+            problems.add(f"{at}.batch_size", f"{batch} is not divisible by resources.workers={resources.workers} "
                          "(the batch is global and split across workers)")
 
 
@@ -821,10 +938,13 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     segmenter, batch_size = _segmenter(top.get("segmenter"), factors, problems)
     needs_generator = mixing.policy in MIXING_POLICIES and any(
         _safe_uses(mixing, v) for v in factors.get("synthetic", ()))
-    generator = _generator(top.get("generator"), factors, needs_generator, problems)
+    generator_levels = _generator_levels(top.get("factors"), factors, top.get("generator"), problems)
+    generator = None if generator_levels else _generator(top.get("generator"), factors, needs_generator, problems)
     statistics = _statistics(top.get("statistics"), factors, mixing, problems)
     resources = _resources(top.get("resources"), problems)
     _cross_checks(factors, mixing, batch_size, generator, resources, problems, segmenter=segmenter)
+    for level in generator_levels:
+        _generator_cross_checks(factors, mixing, level.section, resources, problems, f"factors.generator.{level.name}")
     tune = _tune(top, factors, exclude, split, mixing, dataset, source, base_dir, problems)
     evaluate = _evaluate(top.get("evaluate"), dataset, problems)
     problems = [p.lstrip(".") if p.startswith(".") else p for p in problems]
@@ -833,7 +953,8 @@ def validate_study(raw: Any, source: str = "study", *, base_dir: str | Path | No
     return Study(name=name, seed=seed, description=description.strip(), dataset=dataset, split=split,
                  factors=factors, exclude=exclude, segmenter=segmenter, generator=generator, mixing=mixing,
                  statistics=statistics, resources=resources, source=source, batch_size=batch_size,
-                 plugins=plugins, tune=tune, classes=classes, evaluate=evaluate)
+                 plugins=plugins, tune=tune, classes=classes, evaluate=evaluate,
+                 generator_levels=generator_levels)
 
 
 def _evaluate(raw: Any, dataset: DatasetSpec, problems: _Problems) -> EvaluateSection:

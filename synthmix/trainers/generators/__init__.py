@@ -31,7 +31,11 @@ The contract. ``GENERATORS`` maps a name to a ``GeneratorFamily``:
   optionally ``on_the_fly_problem(config, shape, draws, budget_seconds) -> str | None``: why
   sampling ``draws`` pairs during one segmentation training (``mixing.source: on_the_fly``)
   that is modelled to take ``budget_seconds`` is refused by ``plan`` (a family whose sampling
-  is expensive, such as a diffusion model's many denoising steps), or None.
+  is expensive, such as a diffusion model's many denoising steps), or None; optionally
+  ``steps_of(config) -> {yaml path: steps}``: the step counts a ``generator.budget`` sets
+  (default ``{"steps": config.steps}``; ``budget.py``), and ``check_steps(config, shape)``:
+  raise ``StudyError`` when that many steps cannot train at slices of ``shape`` (a budget
+  below it is refused).
 
 What a family does not write, because shared code does it once (``flow.py``, ``session.py``,
 ``encoding.py``, ``artifact.py``, ``synthmix.trainers.synthetic``): the artifact (tensors +
@@ -77,6 +81,8 @@ class GeneratorFamily:
     needs_masks: bool = False
     cost: Callable[[Any, tuple[int, int]], float] | None = None
     on_the_fly_problem: Callable[[Any, tuple[int, int], int, float], str | None] | None = None
+    steps_of: Callable[[Any], dict[str, int]] | None = None
+    check_steps: Callable[[Any, tuple[int, int]], None] | None = None
 
 
 GENERATORS: Registry[GeneratorFamily] = Registry("generator")

@@ -455,5 +455,12 @@ def load(config: GANsferConfig, encoding: JointEncoding, weights: dict | None, *
                           encoding=encoding).to(device).eval()
 
 
+def steps_of(config: GANsferConfig) -> dict[str, int]:
+    """The three phases' steps, which a ``generator.budget`` scales together."""
+    return {"phase1.steps": config.phase1.steps, "phase2_steps": config.phase2_steps,
+            "phase3_steps": config.phase3_steps}
+
+
 FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost,
-                         uses_unlabelled=True)
+                         uses_unlabelled=True, steps_of=steps_of,
+                         check_steps=lambda config, shape: pggan.check_steps(config.phase1, shape))

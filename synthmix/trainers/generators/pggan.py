@@ -601,4 +601,10 @@ def load(config: PGGANConfig, encoding: JointEncoding, weights: dict | None, *, 
     return PGGANSampler(generator, level=level, alpha=alpha, encoding=encoding).to(device).eval()
 
 
-FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost)
+def check_steps(config: PGGANConfig, shape: tuple[int, int]) -> None:
+    """StudyError when ``config.steps`` do not grow to the model size of ``shape`` (``check_budget``)."""
+    check_budget(config, fit_shape(*shape)[0])
+
+
+FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost,
+                         check_steps=check_steps)

@@ -463,4 +463,10 @@ def load(config: SpadeTwoStageConfig, encoding: JointEncoding, weights: dict | N
                            score=score, reference=reference, threshold=threshold)
 
 
-FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost)
+def steps_of(config: SpadeTwoStageConfig) -> dict[str, int]:
+    """Both stages' steps, which a ``generator.budget`` scales together."""
+    return {"labels.steps": config.label_stage.steps, "images.steps": config.image_stage.steps}
+
+
+FAMILY = GeneratorFamily(config=build_config, train=train, load=load, fit_shape=fit_shape, cost=cost,
+                         steps_of=steps_of)
