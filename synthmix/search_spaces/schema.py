@@ -128,7 +128,6 @@ from synthmix.datasets.mixing import DRAWS, MIXING_POLICIES, SOURCES
 from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
-TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
             "generator", "mixing", "statistics", "resources", "tune", "evaluate")
 GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "budget", "block_size")
 # The keys of one named level of factor generator (a whole section of one family).
