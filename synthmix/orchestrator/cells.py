@@ -207,6 +207,21 @@ def _ensure(kind: str, key: str, store: StudyStore, spec: CellSpec, flow, config
                                        scaling=Scaling(**spec.scaling), max_failures=spec.max_failures))
 
 
+def _chosen(store: StudyStore, spec: CellSpec, config: dict) -> tuple[CellSpec, dict]:
+    """The recorded choice, or (every candidate trained: each by its own trial as a rule, here
+    only one that no trial trains any more) the choice made now (``orchestrator.choices``)."""
+    from synthmix.orchestrator.choices import candidate_spec, chosen_spec, make_choice, recorded_choice
+
+    record = recorded_choice(store, spec.choice.key)
+    if record is None:
+        for cand in spec.choice.candidates:  # the lease's owner is this cell, the flow the candidate's
+            _ensure("generators", cand.generator.key, store, spec, generator_flow,
+                    {**config, "spec": candidate_spec(spec, cand).to_dict()})
+        record = make_choice(store, spec.choice)
+    resolved = chosen_spec(spec, record)
+    return resolved, {**config, "spec": resolved.to_dict()}
+
+
 def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     """The cell's generator, pool and segmentation; returns its row, written to the store. A
     tuning trial's config has ``score``: ``validation`` (evaluated on the validation subjects,
@@ -215,6 +230,11 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     score = config.get("score", "test")
     if score == "test" and store.row_file(spec.cell_id).exists():  # finished by an earlier attempt
         return {}
+    if config.get("candidate"):  # a model-selection candidate's own trial: its training alone
+        _ensure("generators", spec.generator.key, store, spec, generator_flow, config)
+        return {}
+    if spec.choice is not None:  # model selection: from here on, the chosen candidate's generator and pool
+        spec, config = _chosen(store, spec, config)
     gen_timing, quality, pool_info = {"train_s": 0.0, "wait_s": 0.0}, {}, {}
     if spec.generator is not None:
         gen_timing = _ensure("generators", spec.generator.key, store, spec, generator_flow, config)

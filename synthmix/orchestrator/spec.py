@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 
-from synthmix.search_spaces.expand import Cell, GeneratorJob, Plan, PoolJob
+from synthmix.search_spaces.expand import Candidate, Cell, ChoiceJob, GeneratorJob, Plan, PoolJob
 from synthmix.search_spaces.schema import Study
 
 
@@ -47,6 +47,7 @@ class CellSpec:
     max_failures: int
     plugins: tuple[str, ...] = ()
     classes: dict | None = None  # factor classes: the cell's ClassLevel.to_dict(), else None
+    choice: ChoiceJob | None = None  # model selection: generator and pool are set once it is made
 
     @property
     def cell_id(self) -> str:
@@ -58,8 +59,8 @@ class CellSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "CellSpec":
         d = dict(d)
-        gen, pool = d.pop("generator"), d.pop("pool")
-        return cls(cell=Cell(**d.pop("cell")), data=DataSpec(**d.pop("data")),
+        gen, pool, choice = d.pop("generator"), d.pop("pool"), d.pop("choice", None)
+        return cls(cell=Cell(**d.pop("cell")), choice=_choice(choice) if choice else None, data=DataSpec(**d.pop("data")),
                    split=SplitSubjects(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("split").items()}),
                    generator=_tuples(GeneratorJob, gen) if gen else None,
                    pool=PoolJob(**pool) if pool else None,
@@ -70,6 +71,13 @@ def _tuples(cls, d: dict):
     """A frozen dataclass from JSON, lists back to the tuples its fields declare."""
     names = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}
     return cls(**{k: tuple(v) if k in names else v for k, v in d.items()})
+
+
+def _choice(d: dict) -> ChoiceJob:
+    d = dict(d)
+    candidates = tuple(Candidate(overrides=c["overrides"], generator=_tuples(GeneratorJob, c["generator"]),
+                                 pool=PoolJob(**c["pool"])) for c in d.pop("candidates"))
+    return ChoiceJob(candidates=candidates, by=tuple(d.pop("by")), **d)
 
 
 def _class_level(study: Study, cell: Cell) -> dict | None:
@@ -98,5 +106,5 @@ def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> 
             segmenter=segmenter, mixing={"policy": study.mixing.policy, "source": study.mixing.source,
                                          "draw": study.mixing.draw},
             scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins),
-            classes=_class_level(study, c)))
+            classes=_class_level(study, c), choice=plan.choices.get(c.choice_key) if c.choice_key else None))
     return specs

@@ -18,6 +18,10 @@ Identity and seeds (DESIGN rules 5 and 6):
   full label set and its pool serves every level, remapped when a cell trains.
 - the pool key hashes the generator key and the pool settings (``generator.pool``, the mixing
   source): a changed pool draws a new pool from the same trained generator (``Plan.pool_jobs``).
+- model selection (``generator.choose``): each candidate is a generator key of its own (a
+  ``Plan.generator_jobs`` entry, so counted as a generator training); a cell that uses synthetic
+  data has no generator key yet but a choice key (``Plan.choices``: the subset's candidates, each
+  with the pool it would draw) and gets the chosen candidate's key and pool when it runs.
 
 The compute estimate is a model, not a measurement of the study: per training step,
 a fixed overhead + a cost per (batch x pixel) sample, times the steps (per cell: a budget in
@@ -71,11 +75,12 @@ class Cell:
     generator_key: str | None
     seed: int
     pool_key: str | None = None
+    choice_key: str | None = None  # model selection: the choice that gives its generator and pool
 
     def to_dict(self) -> dict:
         return {"cell_id": self.cell_id, **self.factors, "fold": self.fold, "repeat": self.repeat,
                 "amount": self.amount, "generator_key": self.generator_key, "pool_key": self.pool_key,
-                "seed": self.seed}
+                "seed": self.seed, **({"choice_key": self.choice_key} if self.choice_key else {})}
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,35 @@ class PoolJob:
     seed: int     # derived from the study seed and the key
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of a model selection: its overrides of ``generator.config``, its
+    generator job and the pool the subset's cells draw if it is chosen."""
+
+    overrides: dict
+    generator: GeneratorJob
+    pool: PoolJob
+
+
+@dataclass(frozen=True)
+class ChoiceJob:
+    """One model selection: the candidates of one subset (fold, repeat, amount), ranked by
+    ``by`` (``choose_section``) once all are trained."""
+
+    key: str
+    fold: int
+    repeat: int
+    amount: float | int
+    by: tuple[str, ...]
+    candidates: tuple[Candidate, ...]
+
+    def summary(self) -> dict:
+        """plan.json's entry (the jobs themselves are in generator_jobs)."""
+        return {"key": self.key, "fold": self.fold, "repeat": self.repeat, "amount": self.amount, "by": list(self.by),
+                "candidates": [{"overrides": dict(c.overrides), "generator_key": c.generator.key,
+                                "pool_key": c.pool.key} for c in self.candidates]}
+
+
 @dataclass
 class Plan:
     study: Study
@@ -122,6 +156,7 @@ class Plan:
     estimate: dict = field(default_factory=dict)
     pool_jobs: dict[str, PoolJob] = field(default_factory=dict)
     data: Any = None  # data_checks.DataPlan, when the plan was checked against its dataset
+    choices: dict[str, ChoiceJob] = field(default_factory=dict)  # model selection, per subset
 
     def cell_preprocess(self, cell: Cell) -> dict:
         """The preprocess options a cell runs with: the study's, with a labels crop fitted on
@@ -135,7 +170,12 @@ class Plan:
         for c in self.cells:
             if c.generator_key:
                 counts[c.generator_key] += 1
+            for cand in self.choices[c.choice_key].candidates if c.choice_key else ():
+                counts[cand.generator.key] += 1  # a candidate serves its subset's cells if chosen
         return counts
+
+    def cells_without_generator(self) -> int:
+        return sum(c.generator_key is None and c.choice_key is None for c in self.cells)
 
     def to_dict(self) -> dict:
         per_key = self.cells_per_key()
@@ -150,11 +190,13 @@ class Plan:
             "baseline": self.study.statistics.baseline,
             "counts": {"cells": len(self.cells), "generator_trainings": len(self.generator_jobs),
                        "pools": len(self.pool_jobs),
-                       "cells_without_generator": sum(c.generator_key is None for c in self.cells)},
+                       "cells_without_generator": self.cells_without_generator(),
+                       **({"choice_groups": len(self.choices)} if self.choices else {})},
             "cells": [c.to_dict() for c in self.cells],
             "generator_jobs": [{**asdict(j), "subjects": list(j.subjects), "unlabelled": list(j.unlabelled),
                                 "cells": per_key[k]} for k, j in self.generator_jobs.items()],
             "pool_jobs": [asdict(j) for j in self.pool_jobs.values()],
+            **({"choices": [j.summary() for j in self.choices.values()]} if self.choices else {}),
             "estimate": self.estimate,
             "data": self.data.to_dict() if self.data is not None else None,
             **({"tune": _tune_block(self)} if self.study.tune else {}),
@@ -180,7 +222,9 @@ class Plan:
         if per_key:
             counts = sorted(per_key.values())
             lines.append(f"  cells per key: min {counts[0]}, max {counts[-1]}; "
-                         f"{sum(c.generator_key is None for c in self.cells)} cells use no generator")
+                         f"{self.cells_without_generator()} cells use no generator")
+        if self.choices:
+            lines += render_choices(self)
         if e:
             r = e["per_trial"]
             lines += [f"resources per training: {r['workers']} worker(s) x ({r['cpus_per_worker']:g} CPU, "
@@ -220,6 +264,19 @@ def _tune_block(plan: "Plan") -> dict:
         one = RAY_START_SECONDS + generator_seconds(plan.generator_jobs[on.generator_key], pixels)
         gen = one * (t.trials if any(p.startswith("generator.") for p in t.space) else 1)
     return {**plan_block(study), "estimate_cpu_seconds": round(t.trials * per_trial + gen, 1)}
+
+
+def render_choices(plan: Plan) -> list[str]:
+    """``synthmix plan``'s lines on model selection: the groups and their candidates."""
+    jobs = list(plan.choices.values())
+    first = jobs[0]
+    lines = [f"model selection: {len(jobs)} choice group(s) (one per subset) x {len(first.candidates)} candidates, "
+             f"by mean rank of {', '.join(first.by)}; every candidate is a generator training above"]
+    for job in jobs:
+        cands = "; ".join(f"{json.dumps(c.overrides, sort_keys=True)} {c.generator.key[:8]}" for c in job.candidates)
+        lines.append(f"  f{job.fold} r{job.repeat} amount {job.amount:g} ({len(job.candidates[0].generator.subjects)} "
+                     f"subjects): {cands}")
+    return lines
 
 
 def _hours(seconds: float) -> str:
@@ -333,17 +390,21 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
     cells: list[Cell] = []
     jobs: dict[str, GeneratorJob] = {}
     pools: dict[str, PoolJob] = {}
+    choices: dict[str, ChoiceJob] = {}
     for repeat in range(study.split.repeats):
         for fold in range(study.split.folds or 1):
             for combo in grid(study):
                 split = splits.get(fold, repeat, combo[real])
-                key = pkey = None
-                if study.uses_synthetic(combo["synthetic"]):
+                key = pkey = ckey = None
+                if study.uses_synthetic(combo["synthetic"]) and study.generator.choose:
+                    ckey = _choice_job(study, combo, split, dataset_fingerprint, jobs, choices).key
+                elif study.uses_synthetic(combo["synthetic"]):
                     key = _job(study, combo, split, dataset_fingerprint, jobs).key
                     pkey = _pool_job(study, key, pools).key
                 cells.append(Cell(cell_id=cell_id(combo, fold, repeat, suffix), factors=combo, fold=fold,
                                   repeat=repeat, amount=combo[real], generator_key=key,
-                                  seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey))
+                                  seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey,
+                                  choice_key=ckey))
     if not cells:
         raise StudyError(["exclude: removes every cell; the grid is empty"], study.source)
     ids = [c.cell_id for c in cells]
@@ -351,7 +412,7 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
         dup = next(i for i in ids if ids.count(i) > 1)
         raise StudyError([f"factors: two levels print the same in cell ids ({dup}); rename one"], study.source)
     plan = Plan(study=study, manifest=manifest, dataset_fingerprint=dataset_fingerprint, splits=splits,
-                cells=cells, generator_jobs=jobs, pool_jobs=pools, data=data)
+                cells=cells, generator_jobs=jobs, pool_jobs=pools, data=data, choices=choices)
     plan.estimate = estimate(plan)
     problems = on_the_fly_problems(plan)
     if problems:
@@ -360,12 +421,13 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
 
 
 def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
-         jobs: dict[str, GeneratorJob]) -> GeneratorJob:
+         jobs: dict[str, GeneratorJob], *, overrides: dict | None = None) -> GeneratorJob:
+    """The generator job of this subset (``overrides``: a model-selection candidate's)."""
     from synthmix.trainers.generators import GENERATORS
 
     g = study.generator
     name = combo.get("generator") or next(iter(g.configs))
-    config = g.configs[name]
+    config = {**g.configs[name], **(overrides or {})}
     unlabelled = tuple(sorted(split.unlabelled)) if GENERATORS.get(name).uses_unlabelled else ()
     shared = {"select": g.select, "quality": g.quality, "masks": g.masks}
     key = generator_key(dataset_fingerprint=dataset_fingerprint, preprocess=study.dataset.preprocess,
@@ -377,6 +439,23 @@ def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
                                  seed=derive_seed(study.seed, "generator", key), unlabelled=unlabelled,
                                  **{k: dict(v) for k, v in shared.items()})
     return jobs[key]
+
+
+def _choice_job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
+                jobs: dict[str, GeneratorJob], choices: dict[str, ChoiceJob]) -> ChoiceJob:
+    """The model selection of this subset: one generator job per candidate (in ``jobs``, so
+    each is trained once and counted), each with the pool its cells would draw (not in the
+    plan's pools: only the chosen one is drawn)."""
+    choose = study.generator.choose
+    candidates = []
+    for overrides in choose["candidates"]:
+        job = _job(study, combo, split, dataset_fingerprint, jobs, overrides=overrides)
+        candidates.append(Candidate(overrides=dict(overrides), generator=job, pool=_pool_job(study, job.key, {})))
+    key = content_hash({"candidates": [c.generator.key for c in candidates], "by": choose["by"]}, 24)
+    if key not in choices:
+        choices[key] = ChoiceJob(key=key, fold=split.fold, repeat=split.repeat, amount=split.amount,
+                                 by=tuple(choose["by"]), candidates=tuple(candidates))
+    return choices[key]
 
 
 def _pool_job(study: Study, gen_key: str, pools: dict[str, PoolJob]) -> PoolJob:
@@ -470,9 +549,15 @@ def cell_costs(plan: Plan) -> dict[str, tuple[float, float]]:
     pixels = _image_pixels(plan.study, plan.data)
     _, batch = _budget(plan.study.segmenter)
     step = _step_seconds("segmenter", batch, pixels)
-    gen = {key: generator_seconds(job, pixels) + RAY_START_SECONDS for key, job in plan.generator_jobs.items()}
+    gen = generator_costs(plan)
     return {c.cell_id: (gen[c.generator_key] if c.generator_key else 0.0, _cell_steps(plan, c) * step + RAY_START_SECONDS)
             for c in plan.cells}
+
+
+def generator_costs(plan: Plan) -> dict[str, float]:
+    """generator key -> modelled seconds of its training with its Ray start-up."""
+    pixels = _image_pixels(plan.study, plan.data)
+    return {key: generator_seconds(job, pixels) + RAY_START_SECONDS for key, job in plan.generator_jobs.items()}
 
 
 def on_the_fly_problems(plan: Plan) -> list[str]:
@@ -513,7 +598,8 @@ def estimate(plan: Plan) -> dict:
     cell_steps = [_cell_steps(plan, c) for c in plan.cells]
     seg = sum(cell_steps) * _step_seconds("segmenter", seg_batch, pixels)
     gen = sum(generator_seconds(job, pixels) for job in plan.generator_jobs.values())
-    overhead = (len(plan.cells) + len(plan.generator_jobs)) * RAY_START_SECONDS
+    # A model selection draws its chosen pool in a Ray Train run of its own.
+    overhead = (len(plan.cells) + len(plan.generator_jobs) + len(plan.choices)) * RAY_START_SECONDS
     cpus, gpus = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
     parallel = r.max_concurrent_trials or max(1, int((os.cpu_count() or 1) // max(cpus, 1)))
     total = seg + gen + overhead

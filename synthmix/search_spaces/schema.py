@@ -100,7 +100,7 @@ import importlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,7 +109,7 @@ from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
             "generator", "mixing", "statistics", "resources", "tune")
-GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks")
+GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "choose")
 REAL_FACTORS = ("real_fraction", "real_count")
 FACTORS = (*REAL_FACTORS, "synthetic", "architecture", "augmentation", "generator", "classes")
 CORRECTIONS = ("none", "holm", "bh")
@@ -164,6 +164,7 @@ class GeneratorSection:
     pool: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
+    choose: dict = field(default_factory=dict)  # model selection (choose_section.ChooseSpec.to_dict())
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,8 @@ class Study:
         kept = {k: d[k] for k in ("seed", "dataset", "split", "segmenter", "generator", "mixing")}
         if without_pool and kept["generator"]:
             kept["generator"] = {k: v for k, v in kept["generator"].items() if k != "pool"}
+        if kept["generator"] and not kept["generator"].get("choose"):  # hashed only when set: old ids stay
+            kept["generator"] = {k: v for k, v in kept["generator"].items() if k != "choose"}
         kept["real"] = {self.real_factor: d["factors"][self.real_factor]}
         if kept["mixing"].get("draw") == "fixed":  # the default: hashed as before it existed
             del kept["mixing"]["draw"]
@@ -619,7 +622,24 @@ def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> Gen
             _build("generator", cfg, path, problems, builder=registry.get(name).config)  # the family's own builder
     for kind in ("select", "pool", "quality", "masks"):
         _build(kind, shared[kind], f"generator.{kind}", problems)
+    if "choose" in g:
+        section = replace(section, choose=_choose(g["choose"], factors, section, registry, problems))
     return section
+
+
+def _choose(raw: Any, factors: dict, section: GeneratorSection, registry: Any, problems: _Problems) -> dict:
+    """``generator.choose`` (model selection, ``choose_section``): candidates override the one
+    generator's config; with factor generator each level is its own comparison, so not here."""
+    from synthmix.search_spaces.choose_section import validate_choose
+
+    if "generator" in factors:
+        problems.add("generator.choose", "only with one generator (name and config), not with factor generator")
+        return {}
+    name, config = next(iter(section.configs.items()))
+    builder = registry.get(name).config if registry is not None and name in registry else None
+    spec, found = validate_choose(raw, base_config=config, build_config=builder)
+    problems.extend(found)
+    return spec.to_dict() if spec else {}
 
 
 def _stat_test_names() -> tuple[str, ...]:
