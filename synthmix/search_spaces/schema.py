@@ -56,6 +56,9 @@ A fully commented example (every section; defaults noted)::
         filters: [{name: nearest_neighbour, percentile: 75}]   # SYNTHETIC_FILTERS
       quality: {samples: 512, reference_steps: 200}  # quality figures' sample count, FCN reference
       masks: {transform: false}    # conditional families: transform the subset's masks
+      # choose:                  # model selection (choose_section): one config per subset
+      #   candidates: [{steps: 100}, {steps: 300}]   # overrides of config, one generator key each
+      #   by: [fcn_score, blur, realism]             # CHOICE_CRITERIA, combined by mean rank
     plugins: [my_lab.generators]   # modules imported first (driver and workers): your own
                                    # registry entries, e.g. a generator family
     mixing:
