@@ -8,6 +8,11 @@ and a TrainContext. Workers load their data themselves from the study's preproce
 (memory-mapped), so no arrays travel through the object store. The trial reserves no CPU:
 while it waits for another trial's generator or pool it holds nothing a training could use.
 
+With model selection (``generator.choose``) a cell first takes the recorded choice of its
+subset, or makes it once every candidate is trained (``orchestrator.choices``), and from then on
+is a cell of the chosen candidate's generator and pool; a candidate's own trial
+(``"candidate": True``) trains that generator alone.
+
 Paths that must be local (data, cache, artifact copies) are worked out on the worker from the
 store's root (``StudyStore.at``), since with remote storage each node keeps its own.
 """
