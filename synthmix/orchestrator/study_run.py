@@ -170,7 +170,6 @@ def artifact_check(store: StudyStore, plan: Plan):
     """``is_complete(key)`` for the queue: a generator or pool key of the plan, asked of the
     store at most once a second (local) or every 5 s (object storage)."""
     from synthmix.orchestrator.capacity import completion_check
-
     from synthmix.orchestrator.choices import CHOICE_PREFIX, choice_complete
 
     kinds = {**{k: "generators" for k in plan.generator_jobs}, **{k: "pools" for k in plan.pool_jobs}}
