@@ -95,6 +95,13 @@ def generator_flow(args: dict, context) -> dict:
     store.publish_artifact("generators", job.key, out_dir)  # before the final report: see ensure_generator
     if spec.pool is not None and spec.pool.source == "pool" and not store.artifact_complete("pools", spec.pool.key):
         _draw_and_publish(spec, store, artifact, train, context.device)
+    if spec.choice is not None:  # a model-selection candidate: the last one trained chooses and draws here
+        from synthmix.orchestrator.choices import choose_after_training
+        from synthmix.trainers.generators.artifact import GeneratorArtifact
+
+        choose_after_training(spec, store, lambda chosen: _draw_and_publish(
+            chosen, store, GeneratorArtifact(store.local_artifact("generators", chosen.generator.key)), train,
+            context.device))
     return {}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Callable
 
 from synthmix.orchestrator.spec import CellSpec
 from synthmix.orchestrator.store import StudyStore, atomic_write_json
@@ -60,10 +61,30 @@ def chosen_candidate(job: ChoiceJob, record: dict) -> Candidate:
 
 def candidate_spec(spec: CellSpec, cand: Candidate) -> CellSpec:
     """The spec of a trial that trains one candidate: its own id (the lease owner and error
-    file must not be a cell's), the candidate's generator, no pool, no choice."""
+    file must not be a cell's), the candidate's generator, no pool; the choice is kept for
+    ``choose_after_training``."""
     cell = dataclasses.replace(spec.cell, cell_id=f"candidate-{cand.generator.key}", generator_key=cand.generator.key,
-                               pool_key=None, choice_key=None)
-    return dataclasses.replace(spec, cell=cell, generator=cand.generator, pool=None, choice=None)
+                               pool_key=None)
+    return dataclasses.replace(spec, cell=cell, generator=cand.generator, pool=None)
+
+
+def choose_after_training(spec: CellSpec, store: StudyStore, draw: Callable[[CellSpec], None]) -> None:
+    """Rank 0 of a candidate's training, once its generator is published: if it was the last
+    candidate of its subset, make the choice and ``draw`` (the chosen candidate's pool, from
+    the spec given) here, saving the Ray Train start-up of a pool run. The pool's lease is
+    taken without waiting: a pool some cell is already drawing is left to it."""
+    from synthmix.orchestrator.generators import lease_if_free
+
+    job = spec.choice
+    if job is None or not all(store.artifact_complete("generators", c.generator.key) for c in job.candidates):
+        return
+    record = recorded_choice(store, job.key) or make_choice(store, job)
+    chosen = chosen_spec(spec, record)
+    if chosen.pool.source != "pool" or store.artifact_complete("pools", chosen.pool.key):
+        return
+    with lease_if_free(f"pools-{chosen.pool.key}", study_name=store.name, owner=spec.cell_id) as held:
+        if held and not store.artifact_complete("pools", chosen.pool.key):
+            draw(chosen)
 
 
 def chosen_spec(spec: CellSpec, record: dict) -> CellSpec:
