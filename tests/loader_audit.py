@@ -1,7 +1,9 @@
 """An audit of the data loader for end-to-end tests (not a test module): a Ray worker setup hook
 makes every worker process of a job append, for each call of the loader's subject readers
 (``load_slices``, ``fit_normaliser``), the subject ids it was asked for to a JSON-lines file.
-So a test can say which subjects a stage loaded, from what the loader itself was asked."""
+So a test can say which subjects a stage loaded, from what the loader itself was asked. Inside a
+Ray Train worker an entry also names its run (``run``: ``generator-KEY``, ``pool-KEY``,
+``cell-ID``), else ``run`` is None."""
 
 from __future__ import annotations
 
@@ -25,13 +27,24 @@ def install() -> None:
 
         def reader(entry, subject_ids, *args, **kwargs):
             with open(log, "a") as f:
-                f.write(json.dumps({"reader": name, "pid": os.getpid(), "subjects": list(subject_ids)}) + "\n")
+                f.write(json.dumps({"reader": name, "pid": os.getpid(), "run": _run_name(),
+                                    "subjects": list(subject_ids)}) + "\n")
             return original(entry, subject_ids, *args, **kwargs)
 
         return reader
 
     for name in READERS:
         setattr(loader, name, audited(name))
+
+
+def _run_name() -> str | None:
+    """The Ray Train run this process works for, None outside one."""
+    try:
+        import ray.train
+
+        return ray.train.get_context().get_experiment_name()
+    except Exception:  # not in a Ray Train worker
+        return None
 
 
 def runtime_env(log: Path) -> dict:

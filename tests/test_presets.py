@@ -14,7 +14,7 @@ from synthmix.search_spaces.presets import preset_header, preset_names, preset_p
 
 # (cells, generator trainings) each preset's header promises.
 EXPECTED = {"quickstart": (12, 6), "bowles2018-table2": (144, 24), "neff2018": (18, 3),
-            "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3), "lcgan2019": (12, 3),
+            "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3), "lcgan2019": (12, 12),
             "brats-two-stage": (21, 2), "bowles2018-table3": (96, 24), "bowles2018-synthetic-sweep": (144, 24),
             "bowles2018-fraction-sweep": (160, 80), "bowles2018-mr": (126, 42), "bowles-gansfer": (125, 30),
             "generator-bakeoff": (78, 36)}
@@ -87,14 +87,24 @@ def test_paper_presets_plan_whole_designs(name, unit, capsys, tmp_path):
     data = json.loads(capsys.readouterr().out)
     counts = data["counts"]
     assert counts["cells"] % unit == 0 and counts["cells"] >= unit
+    fractions = len(data["levels"]["real_fraction"])
+    if name == "lcgan2019":  # model selection: one choice per subset over 4 training lengths, each a key
+        assert len(data["choices"]) == counts["choice_groups"] == fractions
+        assert [[c["overrides"] for c in g["candidates"]] for g in data["choices"]] == \
+            [[{"steps": 15}, {"steps": 75}, {"steps": 150}, {"steps": 300}]] * fractions
+        keys = {c["generator_key"] for g in data["choices"] for c in g["candidates"]}
+        assert len(keys) == counts["generator_trainings"] == 4 * fractions
+        per_choice = {g["key"]: {c["augmentation"] for c in data["cells"] if c.get("choice_key") == g["key"]}
+                      for g in data["choices"]}
+        assert all(levels == {"none", "traditional"} for levels in per_choice.values())  # one choice serves both
+        assert "Model selection over training lengths (generator.choose)" in " ".join(preset_header(name).split())
+        return
     keys = {c["generator_key"] for c in data["cells"] if c["generator_key"]}
-    assert len(keys) == counts["generator_trainings"] == len(data["levels"]["real_fraction"])
+    assert len(keys) == counts["generator_trainings"] == fractions
     if name == "brats-two-stage":
         assert [c["num_classes"] for c in data["classes"]] == [7, 4, 2]
         per_key = {k: {c["classes"] for c in data["cells"] if c["generator_key"] == k} for k in keys}
         assert all(levels == {7, 4, 2} for levels in per_key.values())  # one generator serves every level
-    else:
-        assert "model selection over training lengths is not yet available" in " ".join(preset_header(name).split())
 
 
 def test_bowles_gansfer_plans_30_generators_6_per_fold_on_an_older_unlabelled_pool(capsys, tmp_path):

@@ -13,6 +13,12 @@ first, so that the critical path starts at once; then the rest, longest segmenta
 that short cells fill the end of the grid. Ties keep plan order. The seconds are the plan's
 estimates (``expand.cell_costs``).
 
+Model selection (``generator.choose``): each candidate generator is an item of its own that
+trains it and nothing else; a cell of the subset lists the candidates' keys in ``after`` and
+waits here until they are all finished, then needs the choice (made and its pool drawn by the
+first such cell, ``orchestrator.choices``). Should a candidate's item end with the key
+unfinished, the first waiting cell trains it itself rather than wait for ever.
+
 How many at once (``ClusterLimit``). Tune's ``max_concurrent_trials`` is fixed when an
 experiment starts; an autoscaling cluster's size is not. So ``CellQueue``, a Tune ``Searcher``,
 hands out the next ready cell only while fewer cells run than the cluster can train *at that
@@ -68,6 +74,7 @@ class QueuedCell:
     # generator and pool, block 2's, ...) and each one's seconds; empty: generator_key, pool_key.
     artifacts: tuple[str, ...] = ()
     artifact_seconds: tuple[float, ...] = ()
+    after: tuple[str, ...] = ()  # keys other items make (model-selection candidates); see the docstring
 
 
 def training_slots(resources, cluster: dict[str, float]) -> int:
@@ -171,10 +178,11 @@ class ReadyCells:
         self._complete: set[str] = set()
         self._making: dict[str, str] = {}      # artifact key -> the cell making it
         self._makes: dict[str, list[str]] = {}  # that cell -> the keys it makes
-        self._groups: dict[tuple[str, ...], list[tuple[int, QueueCell]]] = {}
+        # (after, needs) -> its pending cells
+        self._groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[int, QueueCell]]] = {}
         ordered = sorted(enumerate(cells), key=lambda ic: (-ic[1].segmentation_seconds, ic[0]))
         for item in ordered:
-            self._groups.setdefault(_needs(item[1]), []).append(item)
+            self._groups.setdefault((tuple(getattr(item[1], "after", ())), _needs(item[1])), []).append(item)
 
     def __len__(self) -> int:
         return sum(map(len, self._groups.values()))
@@ -192,17 +200,31 @@ class ReadyCells:
                 return None if key in self._making else i
         return len(needs)
 
-    def _candidates(self) -> Iterable[tuple[tuple, tuple[str, ...], int]]:
-        """(rank, group, first missing) of each group's first cell that can start now."""
-        for needs, items in self._groups.items():
+    def _orphans(self, after: tuple[str, ...]) -> tuple[str, ...] | None:
+        """None while a key of ``after`` is unfinished and being made, or still to be made by a
+        pending item; else its unfinished keys that nothing will make (the cell makes them)."""
+        missing = tuple(k for k in after if not self._finished(k))
+        if any(k in self._making or any(k in needs for _, needs in self._groups) for k in missing):
+            return None
+        return missing
+
+    def _candidates(self) -> Iterable[tuple[tuple, tuple, tuple[str, ...], int]]:
+        """(rank, group, what its cell needs, first missing) of each group's first cell that can
+        start now."""
+        for group, items in self._groups.items():
+            orphans = self._orphans(group[0])
+            if orphans is None:
+                continue
+            needs = orphans + group[1]
             first = self._first_missing(needs)
             if first is None:
                 continue
             index, cell = items[0]
             if first < len(needs):  # it makes what is missing: generator trainings first
-                yield (0, -(_making_seconds(cell, first) + cell.segmentation_seconds), index), needs, first
+                making = _making_seconds(cell, max(0, first - len(orphans)))  # orphans: not modelled
+                yield (0, -(making + cell.segmentation_seconds), index), group, needs, first
             else:
-                yield (1, -cell.segmentation_seconds, index), needs, first
+                yield (1, -cell.segmentation_seconds, index), group, needs, first
 
     def pop(self) -> QueueCell | None:
         """The best cell that can train now, or None if every pending cell waits for an
@@ -210,10 +232,10 @@ class ReadyCells:
         best = min(self._candidates(), default=None, key=lambda c: c[0])
         if best is None:
             return None
-        _, needs, first = best
-        cell = self._groups[needs].pop(0)[1]
-        if not self._groups[needs]:
-            del self._groups[needs]
+        _, group, needs, first = best
+        cell = self._groups[group].pop(0)[1]
+        if not self._groups[group]:
+            del self._groups[group]
         if first < len(needs):
             self._makes[cell.cell_id] = list(needs[first:])
             self._making.update((key, cell.cell_id) for key in needs[first:])
@@ -222,8 +244,10 @@ class ReadyCells:
     def ready(self) -> int:
         """How many pending cells could start now (what an autoscaler should provide for)."""
         count = 0
-        for needs, items in self._groups.items():
-            first = self._first_missing(needs)
+        for (after, needs), items in self._groups.items():
+            orphans = self._orphans(after)
+            first = None if orphans is None else self._first_missing(orphans + needs)
+            needs = needs if orphans is None else orphans + needs
             count += 0 if first is None else len(items) if first == len(needs) else 1
         return count
 

@@ -8,6 +8,11 @@ and a TrainContext. Workers load their data themselves from the study's preproce
 (memory-mapped), so no arrays travel through the object store. The trial reserves no CPU:
 while it waits for another trial's generator or pool it holds nothing a training could use.
 
+With model selection (``generator.choose``) a cell first takes the recorded choice of its
+subset, or makes it once every candidate is trained (``orchestrator.choices``), and from then on
+is a cell of the chosen candidate's generator and pool; a candidate's own trial
+(``"candidate": True``) trains that generator alone.
+
 Paths that must be local (data, cache, artifact copies) are worked out on the worker from the
 store's root (``StudyStore.at``), since with remote storage each node keeps its own.
 """
@@ -96,6 +101,13 @@ def generator_flow(args: dict, context) -> dict:
     store.publish_artifact("generators", job.key, out_dir)  # before the final report: see ensure_generator
     if spec.pool is not None and spec.pool.source == "pool" and not store.artifact_complete("pools", spec.pool.key):
         _draw_and_publish(spec, store, artifact, train, context.device)
+    if spec.choice is not None:  # a model-selection candidate: the last one trained chooses and draws here
+        from synthmix.orchestrator.choices import choose_after_training
+        from synthmix.trainers.generators.artifact import GeneratorArtifact
+
+        choose_after_training(spec, store, lambda chosen: _draw_and_publish(
+            chosen, store, GeneratorArtifact(store.local_artifact("generators", chosen.generator.key)), train,
+            context.device))
     return {}
 
 
@@ -253,6 +265,21 @@ def _ensure(kind: str, key: str, store: StudyStore, spec: CellSpec, flow, config
                                        scaling=Scaling(**spec.scaling), max_failures=spec.max_failures))
 
 
+def _chosen(store: StudyStore, spec: CellSpec, config: dict) -> tuple[CellSpec, dict]:
+    """The recorded choice, or (every candidate trained: each by its own trial as a rule, here
+    only one that no trial trains any more) the choice made now (``orchestrator.choices``)."""
+    from synthmix.orchestrator.choices import candidate_spec, chosen_spec, make_choice, recorded_choice
+
+    record = recorded_choice(store, spec.choice.key)
+    if record is None:
+        for cand in spec.choice.candidates:  # the lease's owner is this cell, the flow the candidate's
+            _ensure("generators", cand.generator.key, store, spec, generator_flow,
+                    {**config, "spec": candidate_spec(spec, cand).to_dict()})
+        record = make_choice(store, spec.choice)
+    resolved = chosen_spec(spec, record)
+    return resolved, {**config, "spec": resolved.to_dict()}
+
+
 def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     """The cell's generator, pool and segmentation; returns its row, written to the store. A
     tuning trial's config has ``score``: ``validation`` (evaluated on the validation subjects,
@@ -261,6 +288,11 @@ def execute_cell(store: StudyStore, spec: CellSpec, config: dict) -> dict:
     score = config.get("score", "test")
     if score == "test" and store.row_file(spec.cell_id).exists():  # finished by an earlier attempt
         return {}
+    if config.get("candidate"):  # a model-selection candidate's own trial: its training alone
+        _ensure("generators", spec.generator.key, store, spec, generator_flow, config)
+        return {}
+    if spec.choice is not None:  # model selection: from here on, the chosen candidate's generator and pool
+        spec, config = _chosen(store, spec, config)
     gen_timing, quality, pool_info = {"train_s": 0.0, "wait_s": 0.0}, {}, {}
     if spec.generator is not None:
         # One generator (and pool) per block with generator.block_size, each trained once per

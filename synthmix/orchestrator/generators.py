@@ -11,10 +11,11 @@ across resumed runs, because completion is read from the store, not from the act
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 LEASE_SECONDS = 60.0
 POLL_SECONDS = 2.0
@@ -94,6 +95,23 @@ def ensure_generator(
             time.sleep(POLL_SECONDS)
             waited += POLL_SECONDS
     return {"wait_s": waited, "train_s": trained, "trained_here": trained > 0}
+
+
+@contextlib.contextmanager
+def lease_if_free(key: str, *, study_name: str, owner: str) -> Iterator[bool]:
+    """The lease of ``key`` for the block if no one holds it, without waiting: yields whether
+    it was taken (then renewed while the block runs and released after)."""
+    import ray
+
+    actor = coordinator(study_name)
+    if not ray.get(actor.acquire.remote(key, owner)):
+        yield False
+        return
+    try:
+        with _Heartbeat(actor, key, owner):
+            yield True
+    finally:
+        ray.get(actor.release.remote(key, owner))
 
 
 class _Heartbeat:

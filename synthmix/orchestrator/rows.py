@@ -23,7 +23,8 @@ Schema version 1, one row per cell, columns:
   ``best_step``, ``steps_done``
 - generator: ``generator_key`` (empty without one; with blocks the first block's,
   ``generator_blocks`` listing all as JSON) and its quality figures ``gen_<name>``
-  (``gen_swd``, ``gen_swd_untrained``, ``gen_nn_distance``, ...)
+  (``gen_swd``, ``gen_swd_untrained``, ``gen_nn_distance``, ...); with model selection
+  (``generator.choose``) ``choice_key`` too, and ``generator_key`` is the chosen candidate's
 - timings in seconds: ``time_generator_train``, ``time_generator_wait``,
   ``time_segmentation_train``, ``time_evaluation``, ``time_cell``
 - hardware: ``hostname``, ``cpu_count``, ``gpu``, ``torch_version``, ``ray_version`` (nothing
@@ -95,6 +96,8 @@ def build_row(*, study: str, cell: dict, factors: list[str], mixing: dict, data:
     row["pool_key"] = cell.get("pool_key") or ""
     if cell.get("blocks"):  # generator.block_size: every block's generator key, in block order
         row["generator_blocks"] = json.dumps([g for g, _ in cell["blocks"]])
+    if cell.get("choice_key"):  # model selection: the choice that gave generator_key (choices/KEY.json)
+        row["choice_key"] = cell["choice_key"]
     row.update({f"gen_{k}": float(v) for k, v in generator.items() if isinstance(v, (int, float))})
     row.update({f"time_{k}": float(v) for k, v in timings.items()})
     row.update(hardware())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 
-from synthmix.search_spaces.expand import Cell, GeneratorJob, Plan, PoolJob
+from synthmix.search_spaces.expand import Candidate, Cell, ChoiceJob, GeneratorJob, Plan, PoolJob
 from synthmix.search_spaces.schema import Study
 
 
@@ -50,6 +50,7 @@ class CellSpec:
     # generator.block_size: (generator job, pool job) per block, when the cell has several
     blocks: tuple[tuple[GeneratorJob, PoolJob], ...] = ()
     evaluate: dict = dataclasses.field(default_factory=dict)  # the study's evaluate section
+    choice: ChoiceJob | None = None  # model selection: generator and pool are set once it is made
 
     @property
     def cell_id(self) -> str:
@@ -71,11 +72,12 @@ class CellSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "CellSpec":
         d = dict(d)
-        gen, pool = d.pop("generator"), d.pop("pool")
+        gen, pool, choice = d.pop("generator"), d.pop("pool"), d.pop("choice", None)
         blocks = tuple((_tuples(GeneratorJob, g), PoolJob(**p)) for g, p in d.pop("blocks", ()))
         cell = dict(d.pop("cell"))
         cell["blocks"] = tuple(tuple(b) for b in cell.get("blocks", ()))
-        return cls(cell=Cell(**cell), data=DataSpec(**d.pop("data")), blocks=blocks,
+        return cls(cell=Cell(**cell), choice=_choice(choice) if choice else None, data=DataSpec(**d.pop("data")),
+                   blocks=blocks,
                    split=SplitSubjects(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("split").items()}),
                    generator=_tuples(GeneratorJob, gen) if gen else None,
                    pool=PoolJob(**pool) if pool else None,
@@ -86,6 +88,13 @@ def _tuples(cls, d: dict):
     """A frozen dataclass from JSON, lists back to the tuples its fields declare."""
     names = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}
     return cls(**{k: tuple(v) if k in names else v for k, v in d.items()})
+
+
+def _choice(d: dict) -> ChoiceJob:
+    d = dict(d)
+    candidates = tuple(Candidate(overrides=c["overrides"], generator=_tuples(GeneratorJob, c["generator"]),
+                                 pool=PoolJob(**c["pool"])) for c in d.pop("candidates"))
+    return ChoiceJob(candidates=candidates, by=tuple(d.pop("by")), **d)
 
 
 def _class_level(study: Study, cell: Cell) -> dict | None:
@@ -116,5 +125,5 @@ def build_cell_specs(study: Study, root: str, plan: Plan, cells: list[Cell]) -> 
             scaling=scaling, max_failures=r.max_failures, plugins=tuple(study.plugins),
             classes=_class_level(study, c),
             blocks=tuple((plan.generator_jobs[g], plan.pool_jobs[p]) for g, p in c.blocks),
-            evaluate=asdict(study.evaluate)))
+            evaluate=asdict(study.evaluate), choice=plan.choices.get(c.choice_key) if c.choice_key else None))
     return specs

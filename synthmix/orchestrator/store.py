@@ -9,6 +9,7 @@ Layout under ``<storage>/<study name>/``::
     artifacts/generators/KEY/  trained generators (checkpoint, pool, quality, samples.png)
     results/CELL_ID.parquet    one row per finished cell, written atomically
     errors/CELL_ID.json        the last error of a cell that failed (removed once it succeeds)
+    choices/KEY.json           a model selection (generator.choose): every candidate's scores, the chosen one
     ray/                       Ray Tune experiment state (ray/tune) and Ray Train runs (ray/train)
 
 The storage root is a local folder or any ``pyarrow.fs`` URI (``s3://bucket/prefix``,
@@ -245,6 +246,10 @@ class StudyStore:
     results_dir = property(lambda self: self.root / "results")
     errors_dir = property(lambda self: self.root / "errors")
     ray_dir = property(lambda self: self.root / "ray")
+    choices_dir = property(lambda self: self.root / "choices")
+
+    def choice_file(self, key: str) -> StoragePath:
+        return self.choices_dir / f"{key}.json"
 
     @property
     def data_dir(self) -> Path:

@@ -129,25 +129,40 @@ def _check_same_dataset(store: StudyStore, plan: Plan, study_ref) -> None:
 
 def trial_configs(study: Study, store: StudyStore, plan: Plan) -> list[dict]:
     """One Tune config ``{"spec": CellSpec dict}`` per pending cell, in plan order (the cell
-    queue decides the launch order)."""
+    queue decides the launch order), then one per model-selection candidate still to train
+    (``"candidate": True``, see ``orchestrator.choices``)."""
+    from synthmix.orchestrator.choices import candidate_configs
     from synthmix.orchestrator.spec import build_cell_specs
 
     done = store.finished_cells()
     pending = [c for c in plan.cells if c.cell_id not in done]
-    return [{"spec": s.to_dict()} for s in build_cell_specs(study, str(store.root), plan, pending)]
+    specs = build_cell_specs(study, str(store.root), plan, pending)
+    return [{"spec": s.to_dict()} for s in specs] + candidate_configs(store, specs)
 
 
 def queued_cells(plan: Plan, configs: list[dict]) -> list:
     """The trial configs as the cell queue sees them: artifact keys and the plan's estimates (a
     pool drawn in a run of its own costs a Ray start-up)."""
     from synthmix.orchestrator.capacity import QueuedCell
-    from synthmix.search_spaces.expand import RAY_START_SECONDS, cell_costs
+    from synthmix.orchestrator.choices import CHOICE_PREFIX
+    from synthmix.search_spaces.expand import RAY_START_SECONDS, cell_costs, generator_costs
 
-    costs = cell_costs(plan)
+    costs, gen_costs = cell_costs(plan), generator_costs(plan)
     cells = []
     for config in configs:
         spec = config["spec"]
         cell_id, pool = spec["cell"]["cell_id"], spec["pool"]
+        if config.get("candidate"):  # a model-selection candidate: a generator training alone
+            key = spec["generator"]["key"]
+            cells.append(QueuedCell(cell_id=cell_id, generator_key=key, generator_seconds=gen_costs[key], payload=config))
+            continue
+        if spec.get("choice"):  # waits for its candidates, then needs the choice and its pool
+            choice = spec["choice"]
+            cells.append(QueuedCell(cell_id=cell_id, generator_key=CHOICE_PREFIX + choice["key"],
+                                    generator_seconds=RAY_START_SECONDS, segmentation_seconds=costs[cell_id][1],
+                                    payload=config,
+                                    after=tuple(c["generator"]["key"] for c in choice["candidates"])))
+            continue
         blocks = spec["cell"].get("blocks") or ()  # generator.block_size: fixed pools only
         each = costs[cell_id][0] / max(len(blocks), 1)  # the cost model is the same for every block
         cells.append(QueuedCell(cell_id=cell_id, generator_key=spec["cell"]["generator_key"],
@@ -163,9 +178,16 @@ def artifact_check(store: StudyStore, plan: Plan):
     """``is_complete(key)`` for the queue: a generator or pool key of the plan, asked of the
     store at most once a second (local) or every 5 s (object storage)."""
     from synthmix.orchestrator.capacity import completion_check
+    from synthmix.orchestrator.choices import CHOICE_PREFIX, choice_complete
 
     kinds = {**{k: "generators" for k in plan.generator_jobs}, **{k: "pools" for k in plan.pool_jobs}}
-    return completion_check(lambda key: store.artifact_complete(kinds[key], key), 5.0 if store.remote else 1.0)
+
+    def complete(key: str) -> bool:
+        if key.startswith(CHOICE_PREFIX):  # model selection: made, and its chosen pool drawn
+            return choice_complete(store, plan, key[len(CHOICE_PREFIX):])
+        return store.artifact_complete(kinds[key], key)
+
+    return completion_check(complete, 5.0 if store.remote else 1.0)
 
 
 def concurrency(study: Study, cluster: dict[str, float]) -> int:
@@ -197,14 +219,14 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
     configs = trial_configs(study, store, plan)
     say = (lambda *a: None) if quiet else print
     say(f"study {study.name}: {len(plan.cells)} cells, {len(plan.generator_jobs)} generator(s); "
-        f"{len(plan.cells) - len(configs)} already done; storage {store.root}")
+        f"{len(plan.cells) - sum(not c.get('candidate') for c in configs)} already done; storage {store.root}")
     if configs:
         from synthmix.orchestrator.capacity import CellQueue, ClusterLimit
 
         with ray_session(study, address) as joined:
             import ray
 
-            if any(c["spec"]["generator"] for c in configs):
+            if any(c["spec"]["generator"] or c["spec"].get("choice") for c in configs):
                 from synthmix.orchestrator.generators import start_coordinator
 
                 coordinator = start_coordinator(store.name)  # noqa: F841 (held for the run)
@@ -220,7 +242,8 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
                 tune_config=tune.TuneConfig(search_alg=queue, num_samples=len(configs)),
                 run_config=tune.RunConfig(
                     name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=store.ray_storage("tune"),
-                    verbose=0, callbacks=[ProgressCallback(total=len(configs), quiet=quiet)],
+                    verbose=0, callbacks=[ProgressCallback(total=len(configs), quiet=quiet, noun=(
+                        "cells and candidate trainings" if any(c.get("candidate") for c in configs) else "cells"))],
                     failure_config=tune.FailureConfig(max_failures=0)),
             )
             tuner.fit()

@@ -44,7 +44,7 @@ def write_report(source: str, out: str | Path, *, storage: str | None = None, me
                 _comparisons(analysis), _generator_comparison(results, analysis, fs, folder),
                 _plots(analysis), _classes(results),
                 _subjects(source, storage, metric=metric, correction=correction, alpha=alpha, baseline=baseline),
-                _tuning(fs, folder), _generators(fs, folder), _failures(results)]
+                _tuning(fs, folder), _choices(fs, folder), _generators(fs, folder), _failures(results)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthmix report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
     out = Path(out)
@@ -157,6 +157,29 @@ def _tuning(fs: pafs.FileSystem, folder: str) -> str:
                      for title, chart in charts.items())
     return (f"<h2>Tuning stage (validation subjects only)</h2><pre>{html.escape(render_trials(results))}</pre>"
             f"{images}")
+
+
+def _choices(fs: pafs.FileSystem, folder: str) -> str:
+    """Model selection (``generator.choose``): per subset, its candidates' scores and ranks and
+    the one chosen."""
+    from synthmix.results.choices import choice_table, read_choices
+
+    records = read_choices(fs, folder)
+    if not records:
+        return ""
+    parts = []
+    for r in records:
+        criteria = "; ".join(f"{html.escape(n)}: {html.escape(c['figure'])} "
+                             f"({'lower' if c['lower_is_better'] else 'higher'} is better)"
+                             for n, c in r["criteria"].items())
+        chosen = r["candidates"][r["chosen"]]
+        parts.append(f"<h3>fold {r['fold']}, repeat {r['repeat']}, amount {r['amount']:g} "
+                     f"({len(r['subjects'])} training subjects)</h3>"
+                     f"<p>chosen: candidate {r['chosen']} {html.escape(json.dumps(chosen['overrides'], sort_keys=True))} "
+                     f"(generator {html.escape(r['chosen_key'])}), lowest mean rank of {criteria}</p>"
+                     + choice_table(r).to_html(index=False, float_format="%.4g", na_rep=""))
+    return ("<h2>Generator model selection</h2><p>One configuration chosen per subset by mean rank "
+            "(1 = best) on figures from the subset's training slices only.</p>" + "".join(parts))
 
 
 FIGURES = ("swd", "swd_sd", "swd_gap", "swd_gap_se", "swd_vs_floor", "fcn_dice_mean", "blur", "nn_distance")

@@ -36,6 +36,10 @@ Identity and seeds (DESIGN rules 5 and 6):
 - ``generator.budget: {cpu_seconds: N}``: the family's cost model sets its steps
   (``trainers.generators.budget``) at the study's slice size; the resolved config is in the
   job (plan.json) and in its key.
+- model selection (``generator.choose``): each candidate is a generator key of its own (a
+  ``Plan.generator_jobs`` entry, so counted as a generator training); a cell that uses synthetic
+  data has no generator key yet but a choice key (``Plan.choices``: the subset's candidates, each
+  with the pool it would draw) and gets the chosen candidate's key and pool when it runs.
 
 The compute estimate is a model, not a measurement of the study: per training step,
 a fixed overhead + a cost per (batch x pixel) sample, times the steps (per cell: a budget in
@@ -99,11 +103,13 @@ class Cell:
         if self.blocks:
             return tuple(g for g, _ in self.blocks)
         return (self.generator_key,) if self.generator_key else ()
+    choice_key: str | None = None  # model selection: the choice that gives its generator and pool
 
     def to_dict(self) -> dict:
         return {"cell_id": self.cell_id, **self.factors, "fold": self.fold, "repeat": self.repeat,
                 "amount": self.amount, "generator_key": self.generator_key, "pool_key": self.pool_key,
-                "seed": self.seed, **({"blocks": [list(b) for b in self.blocks]} if self.blocks else {})}
+                "seed": self.seed, **({"blocks": [list(b) for b in self.blocks]} if self.blocks else {}),
+                **({"choice_key": self.choice_key} if self.choice_key else {})}
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,35 @@ class PoolJob:
     seed: int     # derived from the study seed and the key
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of a model selection: its overrides of ``generator.config``, its
+    generator job and the pool the subset's cells draw if it is chosen."""
+
+    overrides: dict
+    generator: GeneratorJob
+    pool: PoolJob
+
+
+@dataclass(frozen=True)
+class ChoiceJob:
+    """One model selection: the candidates of one subset (fold, repeat, amount), ranked by
+    ``by`` (``choose_section``) once all are trained."""
+
+    key: str
+    fold: int
+    repeat: int
+    amount: float | int
+    by: tuple[str, ...]
+    candidates: tuple[Candidate, ...]
+
+    def summary(self) -> dict:
+        """plan.json's entry (the jobs themselves are in generator_jobs)."""
+        return {"key": self.key, "fold": self.fold, "repeat": self.repeat, "amount": self.amount, "by": list(self.by),
+                "candidates": [{"overrides": dict(c.overrides), "generator_key": c.generator.key,
+                                "pool_key": c.pool.key} for c in self.candidates]}
+
+
 @dataclass
 class Plan:
     study: Study
@@ -151,6 +186,7 @@ class Plan:
     estimate: dict = field(default_factory=dict)
     pool_jobs: dict[str, PoolJob] = field(default_factory=dict)
     data: Any = None  # data_checks.DataPlan, when the plan was checked against its dataset
+    choices: dict[str, ChoiceJob] = field(default_factory=dict)  # model selection, per subset
 
     def cell_preprocess(self, cell: Cell) -> dict:
         """The preprocess options a cell runs with: the study's, with a labels crop fitted on
@@ -164,7 +200,12 @@ class Plan:
         for c in self.cells:
             for key in c.generator_keys:
                 counts[key] += 1
+            for cand in self.choices[c.choice_key].candidates if c.choice_key else ():
+                counts[cand.generator.key] += 1  # a candidate serves its subset's cells if chosen
         return counts
+
+    def cells_without_generator(self) -> int:
+        return sum(c.generator_key is None and c.choice_key is None for c in self.cells)
 
     def to_dict(self) -> dict:
         per_key = self.cells_per_key()
@@ -179,11 +220,13 @@ class Plan:
             "baseline": self.study.statistics.baseline,
             "counts": {"cells": len(self.cells), "generator_trainings": len(self.generator_jobs),
                        "pools": len(self.pool_jobs),
-                       "cells_without_generator": sum(c.generator_key is None for c in self.cells)},
+                       "cells_without_generator": self.cells_without_generator(),
+                       **({"choice_groups": len(self.choices)} if self.choices else {})},
             "cells": [c.to_dict() for c in self.cells],
             "generator_jobs": [{**asdict(j), "subjects": list(j.subjects), "unlabelled": list(j.unlabelled),
                                 "cells": per_key[k]} for k, j in self.generator_jobs.items()],
             "pool_jobs": [asdict(j) for j in self.pool_jobs.values()],
+            **({"choices": [j.summary() for j in self.choices.values()]} if self.choices else {}),
             "estimate": self.estimate,
             "data": self.data.to_dict() if self.data is not None else None,
             **({"tune": _tune_block(self)} if self.study.tune else {}),
@@ -213,13 +256,15 @@ class Plan:
         if per_key:
             counts = sorted(per_key.values())
             lines.append(f"  cells per key: min {counts[0]}, max {counts[-1]}; "
-                         f"{sum(c.generator_key is None for c in self.cells)} cells use no generator")
+                         f"{self.cells_without_generator()} cells use no generator")
         if "generator" in s.factors:
             for row in generator_levels(self):
                 lines.append(f"  generator {row['level']}: " + (
                     f"{row['family']}, {row['cells']} cells, {row['trainings']} trainings of {row['steps']} steps, "
                     f"{_hours(row['cpu_seconds_each'])} CPU each (cost model)" if row["family"] else
                     f"{row['cells']} cells without synthetic data (the baseline of every level)"))
+        if self.choices:
+            lines += render_choices(self)
         if e:
             r = e["per_trial"]
             lines += [f"resources per training: {r['workers']} worker(s) x ({r['cpus_per_worker']:g} CPU, "
@@ -259,6 +304,19 @@ def _tune_block(plan: "Plan") -> dict:
         one = RAY_START_SECONDS + generator_seconds(plan.generator_jobs[on.generator_key], pixels)
         gen = one * (t.trials if any(p.startswith("generator.") for p in t.space) else 1)
     return {**plan_block(study), "estimate_cpu_seconds": round(t.trials * per_trial + gen, 1)}
+
+
+def render_choices(plan: Plan) -> list[str]:
+    """``synthmix plan``'s lines on model selection: the groups and their candidates."""
+    jobs = list(plan.choices.values())
+    first = jobs[0]
+    lines = [f"model selection: {len(jobs)} choice group(s) (one per subset) x {len(first.candidates)} candidates, "
+             f"by mean rank of {', '.join(first.by)}; every candidate is a generator training above"]
+    for job in jobs:
+        cands = "; ".join(f"{json.dumps(c.overrides, sort_keys=True)} {c.generator.key[:8]}" for c in job.candidates)
+        lines.append(f"  f{job.fold} r{job.repeat} amount {job.amount:g} ({len(job.candidates[0].generator.subjects)} "
+                     f"subjects): {cands}")
+    return lines
 
 
 def _hours(seconds: float) -> str:
@@ -393,13 +451,16 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
     cells: list[Cell] = []
     jobs: dict[str, GeneratorJob] = {}
     pools: dict[str, PoolJob] = {}
+    choices: dict[str, ChoiceJob] = {}
     for repeat in range(study.split.repeats):
         for fold in range(study.split.folds or 1):
             for combo in grid(study):
                 split = splits.get(fold, repeat, combo[real])
-                key = pkey = None
+                key = pkey = ckey = None
                 blocks: tuple = ()
-                if study.uses_synthetic(combo["synthetic"]):
+                if study.uses_synthetic(combo["synthetic"]) and study.generator_of(combo.get("generator"))[2].choose:
+                    ckey = _choice_job(study, combo, split, dataset_fingerprint, jobs, choices, data).key
+                elif study.uses_synthetic(combo["synthetic"]):
                     blocks = tuple((k, _pool_job(study, combo, k, pools).key)
                                    for k in _block_keys(study, combo, splits, split, dataset_fingerprint, jobs, data))
                     (key, pkey), blocks = blocks[0], blocks if len(blocks) > 1 else ()
@@ -408,7 +469,7 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
                 cells.append(Cell(cell_id=cell_id(combo, fold, repeat, own), factors=combo, fold=fold,
                                   repeat=repeat, amount=combo[real], generator_key=key,
                                   seed=derive_seed(study.seed, "cell", combo, fold, repeat), pool_key=pkey,
-                                  blocks=blocks))
+                                  blocks=blocks, choice_key=ckey))
     if not cells:
         raise StudyError(["exclude: removes every cell; the grid is empty"], study.source)
     ids = [c.cell_id for c in cells]
@@ -416,7 +477,7 @@ def expand_cells(study: Study, splits: Any, *, dataset_fingerprint: str, manifes
         dup = next(i for i in ids if ids.count(i) > 1)
         raise StudyError([f"factors: two levels print the same in cell ids ({dup}); rename one"], study.source)
     plan = Plan(study=study, manifest=manifest, dataset_fingerprint=dataset_fingerprint, splits=splits,
-                cells=cells, generator_jobs=jobs, pool_jobs=pools, data=data)
+                cells=cells, generator_jobs=jobs, pool_jobs=pools, data=data, choices=choices)
     plan.estimate = estimate(plan)
     problems = on_the_fly_problems(plan)
     if problems:
@@ -437,11 +498,14 @@ def _block_keys(study: Study, combo: dict, splits: Any, split: Any, dataset_fing
 
 
 def _job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
-         jobs: dict[str, GeneratorJob], data: Any = None, subjects: tuple | None = None) -> GeneratorJob:
-    """``subjects``: a block of the split's subset (default: the whole subset)."""
+         jobs: dict[str, GeneratorJob], data: Any = None, subjects: tuple | None = None, *,
+         overrides: dict | None = None) -> GeneratorJob:
+    """``subjects``: a block of the split's subset (default: the whole subset); ``overrides``: a
+    model-selection candidate's."""
     from synthmix.trainers.generators import GENERATORS
 
     name, config, g = study.generator_of(combo.get("generator"))
+    config = {**config, **(overrides or {})}
     if g.budget:
         at = f"factors.generator.{combo['generator']}" if study.generator_levels else "generator"
         config = resolved_config(study, name, config, g.budget, data, path=at)
@@ -471,6 +535,23 @@ def resolved_config(study: Study, name: str, config: dict, budget: dict, data: A
         return resolve_budget(name, config, float(budget["cpu_seconds"]), (side, side))
     except StudyError as err:
         raise StudyError([f"{path}.{p}" for p in err.problems], study.source) from None
+
+
+def _choice_job(study: Study, combo: dict, split: Any, dataset_fingerprint: str,
+                jobs: dict[str, GeneratorJob], choices: dict[str, ChoiceJob], data: Any = None) -> ChoiceJob:
+    """The model selection of this subset: one generator job per candidate (in ``jobs``, so
+    each is trained once and counted), each with the pool its cells would draw (not in the
+    plan's pools: only the chosen one is drawn)."""
+    choose = study.generator.choose
+    candidates = []
+    for overrides in choose["candidates"]:
+        job = _job(study, combo, split, dataset_fingerprint, jobs, data, overrides=overrides)
+        candidates.append(Candidate(overrides=dict(overrides), generator=job, pool=_pool_job(study, combo, job.key, {})))
+    key = content_hash({"candidates": [c.generator.key for c in candidates], "by": choose["by"]}, 24)
+    if key not in choices:
+        choices[key] = ChoiceJob(key=key, fold=split.fold, repeat=split.repeat, amount=split.amount,
+                                 by=tuple(choose["by"]), candidates=tuple(candidates))
+    return choices[key]
 
 
 def _pool_job(study: Study, combo: dict, gen_key: str, pools: dict[str, PoolJob]) -> PoolJob:
@@ -590,9 +671,15 @@ def cell_costs(plan: Plan) -> dict[str, tuple[float, float]]:
     pixels = _image_pixels(plan.study, plan.data)
     _, batch = _budget(plan.study.segmenter)
     step = _step_seconds("segmenter", batch, pixels)
-    gen = {key: generator_seconds(job, pixels) + RAY_START_SECONDS for key, job in plan.generator_jobs.items()}
+    gen = generator_costs(plan)
     return {c.cell_id: (sum(gen[k] for k in c.generator_keys), _cell_steps(plan, c) * step + RAY_START_SECONDS)
             for c in plan.cells}
+
+
+def generator_costs(plan: Plan) -> dict[str, float]:
+    """generator key -> modelled seconds of its training with its Ray start-up."""
+    pixels = _image_pixels(plan.study, plan.data)
+    return {key: generator_seconds(job, pixels) + RAY_START_SECONDS for key, job in plan.generator_jobs.items()}
 
 
 def on_the_fly_problems(plan: Plan) -> list[str]:
@@ -633,7 +720,8 @@ def estimate(plan: Plan) -> dict:
     cell_steps = [_cell_steps(plan, c) for c in plan.cells]
     seg = sum(cell_steps) * _step_seconds("segmenter", seg_batch, pixels)
     gen = sum(generator_seconds(job, pixels) for job in plan.generator_jobs.values())
-    overhead = (len(plan.cells) + len(plan.generator_jobs)) * RAY_START_SECONDS
+    # A model selection draws its chosen pool in a Ray Train run of its own.
+    overhead = (len(plan.cells) + len(plan.generator_jobs) + len(plan.choices)) * RAY_START_SECONDS
     cpus, gpus = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
     parallel = r.max_concurrent_trials or max(1, int((os.cpu_count() or 1) // max(cpus, 1)))
     total = seg + gen + overhead

@@ -68,6 +68,9 @@ A fully commented example (every section; defaults noted)::
       masks: {transform: false}    # conditional families: transform the subset's masks
       # block_size: 6              # one generator per block of 6 subjects of a larger subset,
                                    # their pools combined in equal shares (001 III-F)
+      # choose:                  # model selection (choose_section): one config per subset
+      #   candidates: [{steps: 100}, {steps: 300}]   # overrides of config, one generator key each
+      #   by: [fcn_score, blur, realism]             # CHOICE_CRITERIA, combined by mean rank
     plugins: [my_lab.generators]   # modules imported first (driver and workers): your own
                                    # registry entries, e.g. a generator family
     mixing:
@@ -120,7 +123,7 @@ import importlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,7 +132,8 @@ from synthmix.errors import StudyError, SynthmixError
 
 TOP_KEYS = ("name", "seed", "description", "plugins", "dataset", "split", "factors", "exclude", "segmenter",
             "generator", "mixing", "statistics", "resources", "tune", "evaluate")
-GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "budget", "block_size")
+GENERATOR_KEYS = ("name", "config", "configs", "select", "pool", "quality", "masks", "budget", "block_size",
+                  "choose")
 # The keys of one named level of factor generator (a whole section of one family).
 LEVEL_KEYS = ("name", "config", "budget", "select", "pool", "quality", "masks", "block_size")
 # The generator level of the cells that use no synthetic data: one baseline per subset serves
@@ -204,6 +208,7 @@ class GeneratorSection:
     # III-F; expand.py and splits.training_blocks); None: one generator per subset.
     block_size: int | None = None
     budget: dict = field(default_factory=dict)  # {cpu_seconds: N}: steps set by the cost model at plan time
+    choose: dict = field(default_factory=dict)  # model selection (choose_section.ChooseSpec.to_dict())
 
     @property
     def family(self) -> str:
@@ -348,10 +353,11 @@ class Study:
 
 
 def _hashed_section(section: dict, without_pool: bool) -> dict:
-    """A generator section as the fingerprint hashes it: ``budget`` and ``block_size`` only when
-    given (studies written before them keep their ids), ``pool`` left out for ``without_pool``."""
+    """A generator section as the fingerprint hashes it: ``budget``, ``block_size`` and ``choose``
+    only when given (studies written before them keep their ids), ``pool`` left out for ``without_pool``."""
     return {k: v for k, v in section.items()
-            if not (k == "budget" and not v) and not (k == "block_size" and v is None) and not (without_pool and k == "pool")}
+            if not (k in ("budget", "choose") and not v) and not (k == "block_size" and v is None)
+            and not (without_pool and k == "pool")}
 
 
 def content_hash(obj: Any, n: int = 16) -> str:
@@ -716,7 +722,12 @@ def _generator(raw: Any, factors: dict, needs: bool, problems: _Problems) -> Gen
             problems.add("generator", "missing; some synthetic levels use synthetic data")
         return None
     if "generator" not in factors:
-        return _one_generator(g, "generator", problems)
+        section = _one_generator(g, "generator", problems)
+        if "choose" in g:
+            section = replace(section, choose=_choose(g["choose"], section, problems))
+        return section
+    if "choose" in g:
+        problems.add("generator.choose", "only with one generator (name and config), not with factor generator")
     if "name" in g or "config" in g:
         problems.add("generator", "with factor generator, give configs: {name: config} instead of name/config")
     configs = _mapping(g.get("configs", {}), "generator.configs", problems, None)
@@ -791,6 +802,22 @@ def _generator_levels(raw: Any, factors: dict, defaults: Any, problems: _Problem
         merged = {**{k: v for k, v in base.items() if k in shared}, **g}
         out.append(GeneratorLevel(name=level, section=_one_generator(merged, path, problems)))
     return tuple(out)
+
+
+def _choose(raw: Any, section: GeneratorSection, problems: _Problems) -> dict:
+    """``generator.choose`` (model selection, ``choose_section``): candidates override the one
+    generator's config (with factor generator each level is its own comparison, so not there)."""
+    from synthmix.search_spaces.choose_section import validate_choose
+
+    if section.block_size is not None:
+        problems.add("generator.choose", "not with generator.block_size: a choice is made per subset, not per block")
+        return {}
+    registry = _import(_REGISTRIES["generator"])
+    name, config = next(iter(section.configs.items()))
+    builder = registry.get(name).config if registry is not None and name in registry else None
+    spec, found = validate_choose(raw, base_config=config, build_config=builder)
+    problems.extend(found)
+    return spec.to_dict() if spec else {}
 
 
 def _stat_test_names() -> tuple[str, ...]:
