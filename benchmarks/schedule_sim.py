@@ -17,8 +17,9 @@ in plan order once all generators are finished. The ratios are on lines of their
     naive makespan / lower bound: 1.312
 
 Default input: 000's five Table-1 grids at the paper's durations (GAN 36 h, UNet 4 h, UResNet
-and DeepMedic 24 h, on one GTX 1080 Ti each). The Bowles presets of those grids do not exist yet,
-so the plan is written here from the paper (``paper_table1``): the union of the five grids
+and DeepMedic 24 h, on one GTX 1080 Ti each). The Bowles presets (``bowles2018-*``) run each grid
+as a study of its own, so they do not share the cells the grids have in common; the plan of what
+the paper ran is written here from the paper (``paper_table1``): the union of the five grids
 (cells shared between grids run once), CT cells x 8 repeats, MR cells x 14, one GAN per dataset
 and real fraction, as the paper trained them: 502 cells, 13 GAN trainings. ``--study`` replays a
 study's own plan instead, its durations either a table per network and generator (``--table``,
