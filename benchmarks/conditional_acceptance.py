@@ -99,6 +99,8 @@ def main() -> None:
                         help="override a config field (value parsed as YAML; dotted keys for nested options)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None, help="keep the data, artifact and grids here")
+    parser.add_argument("--report-only", action="store_true",
+                        help="with --keep: report on the artifact a previous run kept there, without training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config: dict = {}
@@ -115,6 +117,9 @@ def main() -> None:
         train, val = _data(root, CLASSES[args.family])
         print(f"data: {len(train)} training slices of {len(train.subjects)} subjects, {len(val)} val slices, "
               f"{train.num_classes} classes; config overrides {config}")
+        if args.report_only:  # the training's own log has the between-stage figures of that run
+            report(args.family, GeneratorArtifact(root / "generator"), train, val, root, {})
+            return
         spec = GeneratorSpec(key="acceptance", name=args.family, config=config, seed=0)
         context = LocalContext(checkpoint_root=root / "ckpt")
         wall, cpu = time.perf_counter(), time.process_time()
@@ -130,10 +135,11 @@ def main() -> None:
 def report_spade(artifact: GeneratorArtifact, train, val, reference, root: Path, last: dict) -> None:
     from synthmix.trainers.generators import spade_two_stage as st
 
-    k, n = train.num_classes, 256
+    k = train.num_classes
+    maps = train.labels[train.labels.reshape(len(train), -1).max(axis=1) > 0]
+    n = min(256, len(maps))  # the 7-class phantom's 14 subjects have fewer non-empty maps than that
     sampler = artifact.sampler().sampler  # the family's own sampler (the data here needs no padding)
     untrained = artifact.sampler(trained=False).sampler
-    maps = train.labels[train.labels.reshape(len(train), -1).max(axis=1) > 0]
     rng = np.random.default_rng(0)
     real = maps[rng.choice(len(maps), n, replace=False)]
     held = val.labels[val.labels.reshape(len(val), -1).max(axis=1) > 0]
@@ -152,15 +158,17 @@ def report_spade(artifact: GeneratorArtifact, train, val, reference, root: Path,
           f"(step {last.get('labels_best_step')}) {swd(stage1(sampler.labels)):.1f} raw, "
           f"{swd(drawn.labels[:n]):.1f} after clean-up + filter; untrained {swd(stage1(untrained.labels)):.1f}; "
           f"real validation maps {swd(held[rng.choice(len(held), min(n, len(held)), replace=False)]):.1f} (floor)")
-    print(f"RESULT between stages: threshold {last.get('threshold'):.1f} on the filter score; calibration "
-          f"({last.get('calibration_drawn')} maps): empty removed {last.get('calibration_empty_removed')}, filter "
-          f"removed {100 * last.get('calibration_filter_removed', 0):.1f}% of synthetic and would remove "
-          f"{100 * last.get('calibration_real_removed', 0):.1f}% of the real maps; a 512-sample draw: {counts} "
-          f"({100 * counts['filter_removed'] / counts['drawn']:.1f}% cut by the filter)")
+    if last:
+        print(f"RESULT between stages: threshold {last.get('threshold'):.1f} on the filter score; calibration "
+              f"({last.get('calibration_drawn')} maps): empty removed {last.get('calibration_empty_removed')}, "
+              f"filter removed {100 * last.get('calibration_filter_removed', 0):.1f}% of synthetic and would remove "
+              f"{100 * last.get('calibration_real_removed', 0):.1f}% of the real maps")
+    print(f"RESULT a 512-sample draw: {counts} ({100 * counts['filter_removed'] / counts['drawn']:.1f}% cut by the "
+          "filter)")
     stage2 = Samples(translate(sampler.images.eval(), val.labels, sampler.encoding, seed=0), val.labels, {})
     print(f"RESULT stage 2 FCN score: synthetic pairs (stage-1 label, stage-2 image) "
           f"{quality.fcn_score(reference, drawn)['dice_mean']:.3f} (flow's quality.json "
-          f"{artifact.quality.get('fcn_score', float('nan')):.3f}); stage 2 on real validation masks "
+          f"{artifact.quality.get('fcn_dice_mean', float('nan')):.3f}); stage 2 on real validation masks "
           f"{quality.fcn_score(reference, stage2)['dice_mean']:.3f}; real validation slices "
           f"{_fcn(reference, None, val.labels, val.images):.3f}")
     order = np.argsort(-((val.labels >= 1) & (val.labels <= 3)).reshape(len(val), -1).sum(1))
@@ -179,7 +187,7 @@ def report(family: str, artifact: GeneratorArtifact, train, val, root: Path, las
         print(f"RESULT pix2pix FCN score (reference Dice on generated images for the subset's masks): "
               f"{_fcn(reference, trained, masks):.3f}; untrained generator {_fcn(reference, untrained, masks):.3f}; "
               f"real validation slices {_fcn(reference, None, val.labels, val.images):.3f}; "
-              f"flow's quality.json fcn_score {q.get('fcn_score', float('nan')):.3f}")
+              f"flow's quality.json fcn_dice_mean {q.get('fcn_dice_mean', float('nan')):.3f}")
         order = np.argsort(-(train.labels == train.num_classes - 1).reshape(len(train), -1).sum(1))
         pick = np.concatenate([order[:5], np.random.default_rng(1).choice(order[5:], 3, replace=False)])
         fake = trained.sample(len(pick), seed=3, masks=train.labels[pick]).images
