@@ -290,8 +290,8 @@ def ray_check(gpus: int, per_training: float, scale: float, repeats: int) -> Non
     Each training on a real Ray also pays process start-ups (trial, Train controller, Train
     worker) and the row's writing, which the paper-scale simulation rightly ignores (seconds
     against hours) but which are not small against a few seconds of sleep. So the check first
-    measures them in the same run: a one-cell study (one 1-second sleep) gives the launch cost,
-    its wall time less the sleep. The simulator's makespan is printed for the bare sleeps and
+    measures them in the same run: a one-cell study (one UNet sleep) gives the launch cost, its
+    wall time less the sleep. The simulator's makespan is printed for the bare sleeps and
     with that launch cost added to every training."""
     import ray
 
@@ -312,14 +312,15 @@ def ray_check(gpus: int, per_training: float, scale: float, repeats: int) -> Non
         prepare_study(calibration, storage=root / "runs")
         cells = plan_cells(plan, "table", table)
         slots = training_slots(ResourcesSection(gpus_per_worker=per_training), {"CPU": 1e9, "GPU": gpus})
+        os.environ[SLEEP_ENV] = json.dumps({**table, "trace": str(trace)})  # the workers inherit it
         ray.init(num_cpus=slots, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=True, logging_level="ERROR")
         try:
-            os.environ[SLEEP_ENV] = json.dumps({"unet": 1.0})  # the workers inherit it
             start = time.time()
             run_study(calibration, storage=root / "runs", quiet=True)
-            launch = time.time() - start - 1.0
-            os.environ[SLEEP_ENV] = json.dumps({**table, "trace": str(trace)})
+            launch = time.time() - start - table["unet"]
+            for record in trace.glob("*.json"):  # the calibration's own training
+                record.unlink()
             start = time.time()
             run_study(study_path, storage=root / "runs", quiet=True)
             measured = time.time() - start
@@ -334,7 +335,7 @@ def ray_check(gpus: int, per_training: float, scale: float, repeats: int) -> Non
         simulated = report(f"the same with {launch:.1f} s of launch cost per training", launched, gpus,
                            per_training)
         _trace_summary(records, plan, start)
-        print(f"launch cost per training (one-cell study less its 1 s sleep, same Ray): {launch:.1f} s")
+        print(f"launch cost per training (one-cell study less its {table['unet']:g} s sleep, same Ray): {launch:.1f} s")
         print(f"measured makespan {measured:.1f} s (run_study, Ray already up); simulated {bare:.1f} s with "
               f"bare sleeps, {simulated:.1f} s with the launch cost")
         print(f"measured / simulated makespan (bare sleeps): {measured / bare:.3f}")
