@@ -17,7 +17,7 @@ EXPECTED = {"quickstart": (12, 6), "bowles2018-table2": (144, 24), "neff2018": (
             "bowles-gansfer-ratios": (125, 25), "neff2018-tuned": (18, 3), "lcgan2019": (12, 12),
             "brats-two-stage": (21, 2), "bowles2018-table3": (96, 24), "bowles2018-synthetic-sweep": (144, 24),
             "bowles2018-fraction-sweep": (160, 80), "bowles2018-mr": (126, 42), "bowles-gansfer": (125, 30),
-            "generator-bakeoff": (78, 36)}
+            "generator-bakeoff": (78, 36), "generator-bakeoff-laptop": (26, 12)}
 
 
 def test_the_required_presets_ship():
