@@ -67,8 +67,9 @@ def test_a_group_of_one_row_is_reported(capsys, tmp_path: Path) -> None:
     rows.to_parquet(path, index=False)
     code, out, _ = _run(capsys, str(path), "--rows", "synthetic", "--cols", "real_fraction,architecture")
     assert code == 0
-    assert "only 1 row: synthetic=0.5, real_fraction=0.1, architecture=unet: std and tests undefined" in out
-    assert "synthetic=0.5, real_fraction=0.1, architecture=unet: too few pairs for a test" in out
+    # four one-row cells: one line each remark, naming the first cell and counting the others
+    assert "only 1 row: synthetic=0.5, real_fraction=0.1, architecture=unet and 3 more cells: std and tests undefined" in out
+    assert "synthetic=0.5, real_fraction=0.1, architecture=unet and 3 more cells: too few pairs for a test" in out
 
 
 def test_study_by_name_under_storage_and_env(study: Path, capsys, monkeypatch) -> None:
@@ -225,3 +226,14 @@ def test_line_plot_needs_a_numeric_x(study: Path, tmp_path: Path, capsys) -> Non
     code, _, err = _run(capsys, str(study), "--rows", "synthetic", "--cols", "architecture",
                         "--where", "real_fraction=1", "--plot", str(tmp_path / "x.png"))
     assert code != 0 and "numeric factor for the x axis" in err
+
+
+def test_a_remark_repeated_for_many_cells_is_given_once_with_its_count() -> None:
+    from synthmix.results.tables import collapse_notes
+
+    ones = [f"only 1 row: synthetic={s}: std and tests undefined" for s in (0.5, 1, 2, 3, 4)]
+    pairs = [f"synthetic={s}: too few pairs for a test" for s in (0.5, 1)]
+    notes = ["duplicate rows: x", *ones, *pairs]
+    assert collapse_notes(notes) == ["duplicate rows: x",
+                                     "only 1 row: synthetic=0.5 and 4 more cells: std and tests undefined", *pairs]
+    assert collapse_notes(ones[:3]) == ones[:3]  # up to MAX_SAME of a kind stay one per cell

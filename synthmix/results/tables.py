@@ -50,7 +50,29 @@ def footer(analysis: Analysis) -> list[str]:
         if analysis.correction != "none" and tested > 1:
             lines.append(f"confidence intervals: {(1 - analysis.alpha) * 100:g}% per comparison, not "
                          f"adjusted for multiplicity ({analysis.correction} decides significance only)")
-    return lines + analysis.notes
+    return lines + collapse_notes(analysis.notes)
+
+
+# Remarks that name one cell each and can repeat for every cell (a one-repeat study has one row
+# per cell): more than MAX_SAME of a kind become one line naming the first and counting the rest.
+REPEATED_REMARKS = (": std and tests undefined", ": too few pairs for a test", ": too few rows for a test")
+MAX_SAME = 3
+
+
+def collapse_notes(notes: list[str]) -> list[str]:
+    """``notes`` with each repeated remark (``REPEATED_REMARKS``) given once when it occurs
+    more than ``MAX_SAME`` times, in the place of its first occurrence; other notes unchanged."""
+    kind = lambda note: next((r for r in REPEATED_REMARKS if note.endswith(r)), None)  # noqa: E731
+    counts = {r: sum(kind(n) == r for n in notes) for r in REPEATED_REMARKS}
+    out, shown = [], set()
+    for note in notes:
+        remark = kind(note)
+        if remark is None or counts[remark] <= MAX_SAME:
+            out.append(note)
+        elif remark not in shown:
+            shown.add(remark)
+            out.append(f"{note[:-len(remark)]} and {counts[remark] - 1} more cells{remark}")
+    return out
 
 
 def _grid(analysis: Analysis, fmt: str, digits: int) -> tuple[list[list[str]], list[list[str]]]:
