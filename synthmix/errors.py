@@ -31,3 +31,14 @@ class StudyError(SynthmixError):
 
 class TrainingDiverged(SynthmixError):
     """A training loss became NaN or infinite."""
+
+
+def headline(text: str) -> str:
+    """An error's first line for one-line summaries; a first line that only announces what
+    follows (it ends with ":", as Ray's wrappers do) takes the next non-empty line with it."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]

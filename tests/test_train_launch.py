@@ -1,6 +1,8 @@
 """Ray Train launch of the real segmentation flow: a worker killed mid-run resumes from its
-latest checkpoint with the step counter continuing, a 2-worker CPU DDP run completes, and 1 and
-2 workers train on exactly the same global batches (sampler, shuffle and augmentation alike)."""
+latest checkpoint with the step counter continuing, so does a run whose Ray Train controller
+failed (once; a controller failure is raised as its own cause), a 2-worker CPU DDP run completes,
+and 1 and 2 workers train on exactly the same global batches (sampler, shuffle and augmentation
+alike)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ import numpy as np
 import pytest
 import ray
 import torch
+from ray.train import UserCallback
 
 from synthmix.datasets.arrays import SliceSet, SyntheticPool
 from synthmix.datasets.mixing import MIXING_POLICIES
 from synthmix.errors import TrainingDiverged
-from synthmix.orchestrator.train_launch import Scaling, run_on_ray_train
+from synthmix.orchestrator.train_launch import Scaling, _failure_cause, run_on_ray_train
 from synthmix.trainers.checkpoint import CHECKPOINT_FILE
 from synthmix.trainers.segmentation import SegmentationData, build_segmentation_config, train_segmentation
 
@@ -69,7 +72,7 @@ def dying_flow(args: dict, context) -> dict:
         report(metrics, checkpoint_dir)
         if checkpoint_dir is not None and not Path(args["marker"]).exists():
             # Ray Train registers a reported checkpoint when its controller next polls the
-            # worker (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s); die only after that.
+            # worker (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, by default 2 s); die only after that.
             time.sleep(5)
             Path(args["marker"]).write_text("died")
             os._exit(1)
@@ -77,6 +80,27 @@ def dying_flow(args: dict, context) -> dict:
     context.report = report_then_die
     result = train_segmentation(_config(), _data(), context)
     return {"restored_step": restored, "steps_done": result.steps_done, "dice": result.metrics["dice_mean"]}
+
+
+def resuming_flow(args: dict, context) -> dict:
+    restored = _restored_step(context)
+    result = train_segmentation(_config(), _data(), context)
+    return {"restored_step": restored, "steps_done": result.steps_done}
+
+
+class FailingController(UserCallback):
+    """Raises in Ray Train's controller at each checkpoint, ``times`` times in all (counted in
+    ``log``, as the controller is a new process on each attempt)."""
+
+    def __init__(self, log: Path, times: int) -> None:
+        self.log, self.times = log, times
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        failures = self.log.read_text().count("failed") if self.log.exists() else 0
+        if checkpoint is not None and failures < self.times:
+            with self.log.open("a") as log:
+                log.write("failed\n")
+            raise RuntimeError("the controller fell over")
 
 
 def ddp_flow(args: dict, context) -> dict:
@@ -106,6 +130,24 @@ def test_killed_worker_resumes_from_its_latest_checkpoint(local_ray, tmp_path: P
     assert marker.exists()  # the first worker really died
     # The restarted worker found a checkpoint and continued from its step, not from 0.
     assert result["restored_step"] >= 4 and result["steps_done"] == 12
+
+
+@pytest.mark.slow
+def test_controller_failure_restarts_the_run_once_from_its_checkpoint(local_ray, tmp_path: Path) -> None:
+    log = tmp_path / "controller.log"
+    result = run_on_ray_train(resuming_flow, {}, name="controller", storage_path=str(tmp_path / "ray"),
+                              scaling=Scaling(workers=1), callbacks=[FailingController(log, times=1)])
+    assert log.read_text().splitlines() == ["failed"]
+    # Ray Train registered the checkpoint before the callback failed; the second run went on from it.
+    assert result["restored_step"] >= 4 and result["steps_done"] == 12
+
+
+def test_a_controller_failure_is_raised_as_its_cause() -> None:
+    from ray.train import ControllerError
+
+    cause = RuntimeError("the controller fell over")
+    assert _failure_cause(ControllerError(cause)) is cause
+    assert _failure_cause(RuntimeError("not Ray's")) is None
 
 
 @pytest.mark.slow

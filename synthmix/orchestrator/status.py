@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from synthmix.errors import SynthmixError
+from synthmix.errors import SynthmixError, headline
 from synthmix.orchestrator.store import StudyStore
 
 
@@ -46,7 +46,7 @@ def study_status(name: str, *, storage=None) -> StudyStatus:
     finished = store.finished_cells()
     errors = store.errors()
     done = [c for c in cells if c in finished]
-    failed = {c: errors[c]["error"].splitlines()[0] for c in cells if c in errors and c not in finished}
+    failed = {c: headline(errors[c]["error"]) for c in cells if c in errors and c not in finished}
     pending = [c for c in cells if c not in finished and c not in failed]
     generators = {j["key"]: store.generator_complete(j["key"]) for j in plan.get("generator_jobs", [])}
     return StudyStatus(name=store.name, cells=cells, done=done, failed=failed, pending=pending, generators=generators,

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import yaml
 
-from synthmix.errors import SynthmixError
+from synthmix.errors import SynthmixError, headline
 from synthmix.orchestrator.progress import ProgressCallback
 from synthmix.orchestrator.store import ENDPOINT_ENV, StudyStore, atomic_write_bytes
 from synthmix.search_spaces.expand import Plan, expand_cells, resolve_dataset, build_split_plan
@@ -250,7 +250,7 @@ def run_study(study_ref: str | Path | None = None, *, storage: str | Path | None
     failed = {k: v for k, v in store.errors().items() if k not in store.finished_cells()}
     missing = [c.cell_id for c in plan.cells if c.cell_id not in store.finished_cells()]
     if missing:
-        lines = [f"  {cid}: {failed.get(cid, {}).get('error', 'did not finish').splitlines()[0]}" for cid in missing]
+        lines = [f"  {cid}: {headline(failed.get(cid, {}).get('error', 'did not finish'))}" for cid in missing]
         raise SynthmixError(f"{len(missing)} of {len(plan.cells)} cells did not finish "
                             f"(rerun 'synthmix resume {store.name}' to retry them):\n" + "\n".join(lines))
     return store

@@ -5,7 +5,8 @@ Trainers are plain functions ``train_x(config, data, context)``; here they get a
 ``ray.train.report``). A run is named after its cell or generator key under the study's storage,
 so a run started again under the same name continues from its latest checkpoint (Ray Train V2
 restores by ``(storage_path, name)``), and a worker that dies is restarted from that checkpoint
-up to ``max_failures`` times.
+up to ``max_failures`` times. A failure of Ray Train's own controller, which Ray does not
+retry, starts the run again once under the same name.
 
 Divergence is not a worker failure: retrying from the last checkpoint diverges again, so the
 worker reports it as a final result and the caller raises ``TrainingDiverged`` once.
@@ -14,11 +15,12 @@ worker reports it as a final result and the caller raises ``TrainingDiverged`` o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -78,7 +80,10 @@ class RayTrainContext:
 
 RESULT_FILE = "synthmix_result.json"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+# Times a run is started again after Ray Train reports a failure of its own controller.
+CONTROLLER_RETRIES = 1
+
+logger = logging.getLogger(__name__)
 
 
 def _worker_loop(payload: dict) -> None:
@@ -126,27 +131,57 @@ def run_on_ray_train(
     storage_path: str,
     scaling: Scaling,
     max_failures: int = 2,
+    callbacks: Sequence[Any] = (),
 ) -> dict:
     """Run ``flow(args, context)`` on a TorchTrainer worker group; return rank 0's result dict.
 
     ``flow`` must be a module-level function (it is pickled to the workers) that returns a
-    JSON-serialisable dict on every rank.
+    JSON-serialisable dict on every rank. ``callbacks`` are ``ray.train.UserCallback``s, run in
+    Ray Train's controller.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import TrainingFailedError
 
     # Ray Train's preemption watcher, one more actor process per training, only logs node drains
     # for ray.train.get_preemption_info, which no flow reads: a lost node is a worker failure,
     # retried from the last checkpoint (max_failures). Read here, in the process that starts
     # the training, and passed on by Ray Train to its controller.
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
-    # The controller notices a started or finished worker group at its next poll (Ray's default
-    # every 2 s): for short trainings, and the tests' tiny ones, that wait was a share of the
-    # run (measured: two empty one-cell trainings 1.5 s faster at 0.25 s). A poll is one small
-    # remote call, so 0.5 s costs nothing measurable on a long training.
-    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
+    for attempt in range(CONTROLLER_RETRIES + 1):
+        trainer = _trainer(flow, args, name=name, storage_path=storage_path, scaling=scaling,
+                           max_failures=max_failures, callbacks=callbacks)
+        try:
+            result = trainer.fit()
+            break
+        except TrainingFailedError as err:
+            controller_failure = getattr(err, "controller_failure", None)
+            if controller_failure is not None and attempt < CONTROLLER_RETRIES:
+                # Ray Train raises a controller failure (its own control loop, not our code)
+                # without retrying it; the same run name continues from its latest checkpoint,
+                # and a training that had finished finds its result there and returns at once.
+                logger.warning("Ray Train run %r: controller failed (%s); starting it again from its "
+                               "latest checkpoint", name, controller_failure)
+                continue
+            cause = _failure_cause(err)
+            if cause is None:
+                raise
+            # Ray's wrapper starts with "Training failed due to ... errors:" and a truncated
+            # traceback; the cell's error (and the run's summary line) should be the cause itself.
+            raise cause from err
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name!r} ended without reporting a result")
+    with result.checkpoint.as_directory() as directory:
+        final = json.loads((Path(directory) / RESULT_FILE).read_text())
+    if "diverged" in final:
+        raise TrainingDiverged(final["diverged"])
+    return final["result"]
 
-    trainer = TorchTrainer(
+
+def _trainer(flow: Callable[[dict, Any], dict], args: dict, *, name: str, storage_path: str,
+             scaling: Scaling, max_failures: int, callbacks: Sequence[Any]) -> Any:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
         _worker_loop,
         train_loop_config={"flow": flow, "args": args},
         torch_config=TorchConfig(backend=_backend(scaling)),
@@ -159,28 +194,17 @@ def run_on_ray_train(
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=list(callbacks),
         ),
     )
-    try:
-        result = trainer.fit()
-    except TrainingFailedError as err:
-        cause = _worker_cause(err)
-        if cause is None:
-            raise
-        # Ray's wrapper starts with "Training failed due to worker errors:" and a truncated
-        # traceback; the cell's error (and the run's summary line) should be the worker's own.
-        raise cause from err
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {name!r} ended without reporting a result")
-    with result.checkpoint.as_directory() as directory:
-        final = json.loads((Path(directory) / RESULT_FILE).read_text())
-    if "diverged" in final:
-        raise TrainingDiverged(final["diverged"])
-    return final["result"]
 
 
-def _worker_cause(err: BaseException) -> BaseException | None:
-    """The exception the lowest failed rank raised (unwrapped from Ray's task error), if any."""
+def _failure_cause(err: BaseException) -> BaseException | None:
+    """The exception under Ray's wrapper: the controller's own failure, or the one the lowest
+    failed rank raised (unwrapped from Ray's task error); None when there is neither."""
+    controller_failure = getattr(err, "controller_failure", None)
+    if isinstance(controller_failure, BaseException):
+        return controller_failure
     failures = getattr(err, "worker_failures", None) or {}
     for rank in sorted(failures):
         failure = failures[rank]

@@ -48,7 +48,7 @@ import yaml
 from ray.tune import Callback
 from ray.tune.search import ConcurrencyLimiter
 
-from synthmix.errors import SynthmixError
+from synthmix.errors import SynthmixError, headline
 from synthmix.orchestrator.store import StudyStore, atomic_write_bytes, atomic_write_json, local_cache_root
 from synthmix.orchestrator.tune_records import TUNE_DIR, read_records, tune_dir, write_record
 from synthmix.search_spaces.schema import Study
@@ -99,7 +99,7 @@ def write_table(store: StudyStore, tune: TuneSection) -> list[dict]:
     rows = [{"trial": r["number"], "state": r["state"], tune.metric: r.get("value"),
              **{path: r["parameters"].get(path) for path in tune.space},
              "time_s": r.get("time_s"), "generator_key": r.get("generator_key") or "",
-             "error": (r.get("error") or "").splitlines()[0] if r.get("error") else "",
+             "error": headline(r.get("error") or ""),
              "metrics": json.dumps(r.get("metrics") or {}, sort_keys=True)} for r in records]
     columns = ["trial", "state", tune.metric, *tune.space, "time_s", "generator_key", "error", "metrics"]
     buffer = io.BytesIO()
@@ -146,7 +146,7 @@ def run_tuning(study: Study, store: StudyStore, plan: Any, *, address: str | Non
     done = [r for r in records if r["state"] == "complete"]
     if len(done) < tune.trials:
         failed = [r for r in records if r["state"] == "failed"]
-        first = f"; first error (trial {failed[0]['number']}): {failed[0]['error'].splitlines()[0]}" if failed else ""
+        first = f"; first error (trial {failed[0]['number']}): {headline(failed[0]['error'])}" if failed else ""
         raise SynthmixError(f"tuning {study.name}: {len(done)} of {tune.trials} trials completed{first}. "
                             f"Rerun 'synthmix tune' (or 'synthmix run') to run the missing ones; "
                             f"see {tune_dir(store) / 'trials.parquet'}")
