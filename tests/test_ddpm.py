@@ -46,7 +46,8 @@ def test_registry_entry_and_defaults():
     ({"label_encoding": "gray"}, "label_encoding: must be one of onehot, bits"),
     ({"channels": [16, 20, 32]}, "multiple of norm_groups=8"),
     ({"channels": [8] * 5, "attention": [False] * 5}, "1 to 4 levels"),
-    ({"attention": [True]}, "attention: one true/false per level"),
+    ({"attention": [True]}, r"attention: \[True\] needs channels"),
+    ({"channels": [16, 32], "attention": [True]}, "attention: one true/false per level"),
     ({"sampling_steps": 2000}, "sampling_steps: 2000 exceeds train_timesteps=1000"),
     ({"ema_decay": 1.0}, "ema_decay"),
 ])
@@ -90,6 +91,18 @@ def test_fit_shape_pads_any_size_to_a_multiple_of_eight():
     assert ddpm.fit_shape(1, 8) == (8, 8)
 
 
+def test_an_unset_network_is_sized_to_the_slice():
+    auto = ddpm.build_config({})
+    assert ddpm.network(auto, (16, 16)) == ((16, 32), (False, True))
+    assert ddpm.network(auto, (32, 32)) == ((16, 32, 64), (False, False, True))
+    assert ddpm.network(auto, (64, 64)) == ((16, 32, 64, 64), (False, False, False, True))
+    assert ddpm.network(auto, (30, 70)) == ((16, 32, 64), (False, False, True))  # the shorter side, padded to 32
+    assert ddpm.network(auto, (256, 256)) == ((16, 32, 64, 64), (False, False, False, True))  # at most 4 levels
+    assert ddpm.network(ddpm.build_config({"channels": [8, 16]}), (64, 64)) == ((8, 16), (False, True))
+    encoding = JointEncoding(1, 3, IntensityMap([0.0], [1.0]))
+    assert ddpm.load(auto, encoding, None, seed=0, shape=(64, 64)).unet.block_out_channels == (16, 32, 64, 64)
+
+
 def test_cost_counts_training_and_sampling_steps_times_passes():
     base = ddpm.build_config({})
     assert ddpm.sampling_seconds(base, (64, 64), 200) == pytest.approx(2 * ddpm.sampling_seconds(base, (64, 64), 100))
@@ -99,6 +112,9 @@ def test_cost_counts_training_and_sampling_steps_times_passes():
     assert ddpm.cost(base, (64, 64)) > ddpm.cost(base, (32, 32)) > 0
     assert ddpm.cost(ddpm.build_config({"steps": 3000}), (32, 32)) > ddpm.cost(base, (32, 32))
     assert ddpm.cost(ddpm.build_config({"channels": [32, 64, 128]}), (32, 32)) > ddpm.cost(base, (32, 32))
+    # measured (benchmarks/ddpm_cost.py): attention over 16x16 tokens costs more than a fourth level
+    attention_at_16 = ddpm.build_config({"channels": [16, 32, 64], "attention": [False, False, True]})
+    assert ddpm.cost(attention_at_16, (64, 64)) > ddpm.cost(base, (64, 64))
 
 
 def test_on_the_fly_problem_gives_the_estimate_and_the_way_out():

@@ -75,8 +75,10 @@ class DDPMConfig:
     """The family's options, defaulting to a network and budget a CPU core can afford.
 
     ``channels`` per UNet level (at most 4 levels; each a multiple of ``norm_groups``),
-    ``attention`` per level (self-attention with ``head_channels`` per head), ``res_blocks``
-    per level. ``schedule`` cosine (Nichol & Dhariwal) or linear (Ho et al.) over
+    ``attention`` per level (self-attention with ``head_channels`` per head; needs
+    ``channels``), ``res_blocks`` per level. Left unset, the network is sized to the slice
+    (``network``): levels of 16, 32, 64, 64 channels until the picture is 8 pixels across,
+    self-attention at that lowest level only. ``schedule`` cosine (Nichol & Dhariwal) or linear (Ho et al.) over
     ``train_timesteps``; ``prediction`` epsilon or v (Salimans & Ho); ``sampling_steps`` DDIM
     steps per sample (each one UNet pass). ``steps`` optimiser steps of global ``batch_size``;
     ``ema_decay`` with the usual warm-up, min(decay, (1 + step) / (10 + step)).
@@ -85,8 +87,8 @@ class DDPMConfig:
     steps: int = 1500
     batch_size: int = 16
     lr: float = 1e-3
-    channels: tuple[int, ...] = (16, 32, 64)
-    attention: tuple[bool, ...] = (False, False, True)
+    channels: tuple[int, ...] | None = None
+    attention: tuple[bool, ...] | None = None
     res_blocks: int = 1
     norm_groups: int = 8
     head_channels: int = 32
@@ -122,6 +124,10 @@ class DDPMConfig:
             raise StudyError(problems, source="generator config")
 
     def _network_problems(self) -> list[str]:
+        if self.channels is None:
+            return [] if self.attention is None else [
+                f"attention: {list(self.attention)} needs channels (one attention entry per level of channels); "
+                "left unset, both are sized to the slice"]
         problems = []
         if not 1 <= len(self.channels) <= MAX_LEVELS:
             problems.append(f"channels: 1 to {MAX_LEVELS} levels, got {list(self.channels)}")
@@ -129,7 +135,8 @@ class DDPMConfig:
             problems.append(f"channels: must be positive integers, got {list(self.channels)}")
         elif isinstance(self.norm_groups, int) and self.norm_groups > 0 and any(c % self.norm_groups for c in self.channels):
             problems.append(f"channels: each must be a multiple of norm_groups={self.norm_groups}, got {list(self.channels)}")
-        if len(self.attention) != len(self.channels) or not all(isinstance(a, bool) for a in self.attention):
+        attention = self.attention if self.attention is not None else _last_level_only(len(self.channels))
+        if len(attention) != len(self.channels) or not all(isinstance(a, bool) for a in attention):
             problems.append(f"attention: one true/false per level of channels ({len(self.channels)}), "
                             f"got {list(self.attention)}")
         return problems
@@ -159,37 +166,74 @@ def fit_shape(h: int, w: int) -> tuple[int, int]:
     return -(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE
 
 
+# The network a slice size gets when channels are unset: at 32x32 three levels (16, 32, 64) with
+# attention at 8x8; at 64x64 a fourth level (64) takes attention down to 8x8 too, which trained
+# faster per step than attention over 16x16 tokens and gave phantom-like 64x64 pairs
+# (benchmarks/generator_acceptance.py, issue 14's report).
+AUTO_CHANNELS = (16, 32, 64, 64)
+AUTO_LOWEST = 8
+
+
+def _last_level_only(levels: int) -> tuple[bool, ...]:
+    return (False,) * (levels - 1) + (True,)
+
+
+def network(config: DDPMConfig, shape: tuple[int, int]) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """(channels, attention) of the UNet for slices of ``shape``: the config's, or (unset)
+    ``AUTO_CHANNELS`` levels until the shorter padded side is ``AUTO_LOWEST`` pixels (at most
+    4 levels), with self-attention at the lowest level only."""
+    channels = config.channels
+    if channels is None:
+        halvings = int(math.log2(max(min(fit_shape(*shape)) // AUTO_LOWEST, 1)))
+        channels = AUTO_CHANNELS[:min(MAX_LEVELS, 1 + halvings)]
+    attention = config.attention if config.attention is not None else _last_level_only(len(channels))
+    return tuple(channels), tuple(attention)
+
+
 # ---- cost model (one CPU core) ---------------------------------------------------------------------
 
-# Seconds per million (batch x pixel) samples for the default network, one torch thread:
-# a training step (forward + backward + Adam) and one sampling pass (forward, no grad).
-# Measured by benchmarks/ddpm_cost.py on the shared 2-core development VM.
-TRAIN_SECONDS_PER_MPIX = 14.0
-SAMPLE_SECONDS_PER_MPIX = 5.0
+# Seconds per sample, one torch thread, of a training step (forward + backward + Adam) and of one
+# sampling pass (forward, no grad), per unit of the UNet's work (``_work``): its convolutions,
+# its activations (group norm, SiLU: memory-bound) and its self-attention scores. Fitted by
+# benchmarks/ddpm_cost.py on the shared 2-core development VM over 7 networks at 16x16 to 64x64
+# (each within 7% for training, 14% for sampling above 16x16).
+TRAIN_SECONDS = {"layer": 3.79e-4, "conv": 3.06e-9, "activation": 3.06e-8, "attention": 1.81e-9}
+SAMPLE_SECONDS = {"layer": 5.46e-6, "conv": 5.8e-10, "activation": 3.07e-8, "attention": 5.35e-10}
 # The flow's own sampling after training: quality figures for the trained and the untrained
 # network (generator.quality.samples each, default 512) and the 32-sample grid.
 FLOW_SAMPLES = 2 * 512 + 32
 
 
-def _width(config: DDPMConfig) -> float:
-    """Work per pixel relative to the default network: sum over levels of channels^2 x
-    (res_blocks + 1) / 4^level (the convolutions dominate)."""
-    def work(c: DDPMConfig) -> float:
-        return sum(ch * ch * (c.res_blocks + 1) / 4 ** i for i, ch in enumerate(c.channels))
-    return work(config) / work(DDPMConfig())
+def _work(config: DDPMConfig, shape: tuple[int, int]) -> dict[str, float]:
+    """Per-sample work of one UNet pass over ``shape``, per level: layer ~ res_blocks + 1 (the
+    fixed cost of a layer's kernels, which dominates small pictures), conv ~ channels^2 x
+    (res_blocks + 1) x pixels (the down and up paths' convolutions), activation ~ channels x
+    (res_blocks + 1) x pixels, attention ~ pixels^2 x channels (scores and their weighted sum)."""
+    h, w = fit_shape(*shape)
+    channels, attention = network(config, shape)
+    work = {"layer": 0.0, "conv": 0.0, "activation": 0.0, "attention": 0.0}
+    for level, (ch, attends) in enumerate(zip(channels, attention)):
+        pixels = h * w / 4 ** level
+        work["layer"] += config.res_blocks + 1
+        work["conv"] += ch * ch * (config.res_blocks + 1) * pixels
+        work["activation"] += ch * (config.res_blocks + 1) * pixels
+        work["attention"] += pixels * pixels * ch if attends else 0.0
+    return work
+
+
+def _seconds(per_unit: dict[str, float], work: dict[str, float]) -> float:
+    return sum(per_unit[k] * work[k] for k in per_unit)
 
 
 def sampling_seconds(config: DDPMConfig, shape: tuple[int, int], n: int) -> float:
     """CPU seconds to draw n samples: n x sampling_steps UNet passes of shape[0] x shape[1]."""
-    h, w = fit_shape(*shape)
-    return n * config.sampling_steps * h * w / 1e6 * SAMPLE_SECONDS_PER_MPIX * _width(config)
+    return n * config.sampling_steps * _seconds(SAMPLE_SECONDS, _work(config, shape))
 
 
 def cost(config: DDPMConfig, shape: tuple[int, int]) -> float:
     """CPU seconds of one generator training: the optimiser steps, then the flow's sampling for
     the quality figures and grid at the default ``generator.quality`` (``FLOW_SAMPLES``)."""
-    h, w = fit_shape(*shape)
-    train = config.steps * config.batch_size * h * w / 1e6 * TRAIN_SECONDS_PER_MPIX * _width(config)
+    train = config.steps * config.batch_size * _seconds(TRAIN_SECONDS, _work(config, shape))
     return train + sampling_seconds(config, shape, FLOW_SAMPLES)
 
 
@@ -210,12 +254,14 @@ def on_the_fly_problem(config: DDPMConfig, shape: tuple[int, int], draws: int, b
 
 # ---- networks ------------------------------------------------------------------------------------
 
-def build_unet(config: DDPMConfig, channels: int, seed: int) -> DiffusionModelUNet:
-    """The UNet with the initial weights ``seed`` gives (global RNG left untouched)."""
+def build_unet(config: DDPMConfig, channels: int, shape: tuple[int, int], seed: int) -> DiffusionModelUNet:
+    """The UNet for pictures of ``shape`` (``network``) with the initial weights ``seed`` gives
+    (global RNG left untouched)."""
+    levels, attention = network(config, shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return DiffusionModelUNet(spatial_dims=2, in_channels=channels, out_channels=channels,
-                                  channels=tuple(config.channels), attention_levels=tuple(config.attention),
+                                  channels=levels, attention_levels=attention,
                                   num_res_blocks=config.res_blocks, norm_num_groups=config.norm_groups,
                                   num_head_channels=config.head_channels)
 
@@ -254,7 +300,7 @@ def train(config: DDPMConfig, data: GeneratorData, encoding: JointEncoding, sess
     timesteps from the session's streams; returns the EMA weights."""
     ctx, device = session.context, session.device
     joint = _joint(config, encoding, data).to(device)
-    module = build_unet(config, joint.shape[1], session.seed).to(device)
+    module = build_unet(config, joint.shape[1], tuple(joint.shape[-2:]), session.seed).to(device)
     ema = EMA(module, config.ema_decay)
     unet = ctx.prepare_model(module)
     opt = torch.optim.Adam(unet.parameters(), lr=config.lr)
@@ -323,7 +369,7 @@ def load(config: DDPMConfig, encoding: JointEncoding, weights: dict | None, *, s
          shape: tuple[int, int], device: str | torch.device = "cpu") -> DiffusionSampler:
     """The sampler for ``weights`` (None: the initial weights ``seed`` gives)."""
     channels = encoding.image_channels + codebook(encoding.num_classes, config.label_encoding).shape[1]
-    unet = build_unet(config, channels, seed)
+    unet = build_unet(config, channels, tuple(shape), seed)
     if weights is not None:
         unet.load_state_dict(weights)
     return DiffusionSampler(unet, config, encoding, tuple(shape)).to(device).eval()
