@@ -57,6 +57,7 @@ def test_defaults_keep_the_papers_loss_and_optimiser():
     ({"ema_decay": 1.0}, "ema_decay: must be in"),
     ({"drift": -0.1}, "drift: must be >= 0"),
     ({"noise_layer": "yes"}, "noise_layer: must be true or false"),
+    ({"gp_every": 0}, "gp_every: must be a positive integer"),
     ({"lr": 0}, "lr: must be positive"),
 ])
 def test_bad_options_are_named(options, message):
@@ -77,6 +78,9 @@ def test_registry_entry_shape_fit_and_cost():
     assert family.cost(pggan.PGGANConfig(steps=1200), (64, 64)) > family.cost(base, (64, 64))
     # the steps at low resolution are cheaper than at the model size
     assert pggan.step_seconds(base, 64, 0) < pggan.step_seconds(base, 64, 4)
+    lazy = pggan.PGGANConfig(gp_every=4)  # 3 critic steps in 4 skip the penalty's double backward
+    assert pggan.step_seconds(lazy, 64, 4) == pytest.approx(
+        pggan.step_seconds(base, 64, 4) * (0.25 + 0.75 * pggan._WITHOUT_PENALTY + 0.5) / 1.5)
     last_only = pggan.PGGANConfig(fade_images=0, stable_images=0)
     assert family.cost(last_only, (64, 64)) == pytest.approx(base.steps * pggan.step_seconds(base, 64, 4))
 
@@ -260,13 +264,34 @@ def test_adam_moments_restart_when_a_level_starts(monkeypatch, tmp_path):
     assert restarted == [(1, both), (3, both), (5, both)]  # at the first step of levels 1, 2, 3
 
 
+def test_a_lazy_penalty_is_computed_every_gp_every_critic_steps_weighted_to_match(monkeypatch, tmp_path):
+    session = GeneratorSession(LocalContext(checkpoint_root=tmp_path), seed=0, total_steps=8, checkpoint_every=8)
+    penalised, real_penalty = [], pggan.gradient_penalty
+
+    def counted(*args):
+        penalised.append(session.step + 1)  # the step being trained
+        s_real, s_fake, penalty = real_penalty(*args)
+        return s_real, s_fake, torch.ones_like(penalty)  # a penalty of 1: the loss shows its weight
+
+    losses = []
+    monkeypatch.setattr(pggan, "gradient_penalty", counted)
+    monkeypatch.setattr(pggan, "_update", lambda opt, loss: losses.append(loss.item()))
+    data = GeneratorData(ellipse_slices(["a"], per_subject=3))
+    encoding = JointEncoding(1, 3, IntensityMap.fit(data.labelled.images))
+    pggan.train(pggan.build_config({**TINY, "steps": 8, "gp_every": 3, "gp_lambda": 100.0}), data, encoding, session)
+    assert penalised == [1, 4, 7]
+    critic_losses = losses[0::2]  # each step updates the critic, then the generator
+    assert [loss > 250 for loss in critic_losses] == [step in (1, 4, 7) for step in range(1, 9)]  # 3 x 100 x 1
+
+
 def test_resume_mid_fade_in_continues_at_the_same_step_level_and_alpha(tmp_path, monkeypatch):
     """Killed at step 16, after the checkpoint of step 14, which is in the middle of the 32x32
     fade-in (alpha 1/3); the rerun resumes from step 14 with the same level and alpha and ends
-    identical to an uninterrupted run (000's noise layer on: its stream resumes too)."""
+    identical to an uninterrupted run (000's noise layer on: its stream resumes too; a lazy
+    penalty keeps its rhythm and its reported value)."""
     data = ellipse_slices(["a", "b"], per_subject=2, seed=2)
     spec = _spec(seed=5, steps=18, fade_images=12, stable_images=8, checkpoint_every=7, noise_layer=True,
-                 select={"by": "swd", "every": 7})
+                 gp_every=4, select={"by": "swd", "every": 7})
     whole, whole_ctx = _train(spec, data, tmp_path, "whole")
     end_step = GeneratorSession.end_step
 
