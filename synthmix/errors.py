@@ -28,6 +28,11 @@ class StudyError(SynthmixError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source}: {len(self.problems)} problem(s)\n{lines}")
 
+    def __reduce__(self):
+        # Pickled across processes (a Ray worker's error reaches the driver): rebuilt from the
+        # problems, not from the formatted message, which __init__ would read as a list.
+        return type(self), (self.problems, self.source)
+
 
 class TrainingDiverged(SynthmixError):
     """A training loss became NaN or infinite."""

@@ -4,6 +4,7 @@ loading."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -17,11 +18,11 @@ from synthmix.datasets.arrays import SliceSet
 from synthmix.errors import DataError, StudyError, SynthmixError, TrainingDiverged
 from synthmix.trainers.checkpoint import load_checkpoint, load_tensors
 from synthmix.trainers.context import LocalContext
-from synthmix.trainers.generators import GeneratorData, dcgan
+from synthmix.trainers.generators import GENERATORS, GeneratorData, dcgan
 from synthmix.trainers.generators.artifact import ARTIFACT_FILES, GeneratorArtifact, is_complete
 from synthmix.trainers.generators.encoding import IntensityMap, JointEncoding, ShapeFit, decode_labels, \
     encode_labels, label_channels
-from synthmix.trainers.generators.flow import GeneratorSpec, train_generator
+from synthmix.trainers.generators.flow import GeneratorSpec, _jsonable, train_generator
 from synthmix.trainers.generators.masks import MaskSource, MaskSpec
 from synthmix.trainers.generators.session import GeneratorSession, SelectSpec, build_select_spec
 from toy_slices import ellipse_slices
@@ -384,3 +385,12 @@ def test_two_workers_report_at_the_same_steps_and_rank0_writes_the_artifact(tmp_
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 == [[2, True], [4, True]] and rank1 == [[2, False], [4, False]]
     assert is_complete(tmp_path / "artifact")
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS.names()))
+def test_every_family_rebuilds_its_default_config_from_the_artifact_json(name):
+    """An artifact records the built config as JSON (flow) and a sampler is loaded from it
+    (artifact): the defaults must survive that round trip (ddpm's unset network once did not)."""
+    family = GENERATORS.get(name)
+    config = family.config({})
+    assert family.config(_jsonable(dataclasses.asdict(config))) == config

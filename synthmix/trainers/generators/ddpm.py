@@ -155,8 +155,8 @@ def build_config(d: dict) -> DDPMConfig:
         raise StudyError([f"{k}: unknown ddpm option (known: {', '.join(sorted(known))})" for k in unknown],
                          source="generator config")
     values = dict(d)
-    for name in ("channels", "attention"):
-        if name in values:
+    for name in ("channels", "attention"):  # None (an artifact's unset network) stays unset
+        if values.get(name) is not None:
             values[name] = tuple(values[name]) if isinstance(values[name], (list, tuple)) else (values[name],)
     return DDPMConfig(**values)
 
