@@ -48,6 +48,7 @@ def test_registry_entry_and_defaults():
     ({"channels": [8] * 5, "attention": [False] * 5}, "1 to 4 levels"),
     ({"attention": [True]}, r"attention: \[True\] needs channels"),
     ({"channels": [16, 32], "attention": [True]}, "attention: one true/false per level"),
+    ({"channels": []}, "1 to 4 levels"),
     ({"sampling_steps": 2000}, "sampling_steps: 2000 exceeds train_timesteps=1000"),
     ({"ema_decay": 1.0}, "ema_decay"),
 ])

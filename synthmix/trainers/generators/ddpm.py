@@ -78,8 +78,8 @@ class DDPMConfig:
     ``attention`` per level (self-attention with ``head_channels`` per head; needs
     ``channels``), ``res_blocks`` per level. Left unset, the network is sized to the slice
     (``network``): levels of 16, 32, 64, 64 channels until the picture is 8 pixels across,
-    self-attention at that lowest level only. ``schedule`` cosine (Nichol & Dhariwal) or linear (Ho et al.) over
-    ``train_timesteps``; ``prediction`` epsilon or v (Salimans & Ho); ``sampling_steps`` DDIM
+    self-attention at that lowest level only. ``schedule`` cosine (Nichol & Dhariwal) or
+    linear (Ho et al.) over ``train_timesteps``; ``prediction`` epsilon or v (Salimans & Ho); ``sampling_steps`` DDIM
     steps per sample (each one UNet pass). ``steps`` optimiser steps of global ``batch_size``;
     ``ema_decay`` with the usual warm-up, min(decay, (1 + step) / (10 + step)).
     """
@@ -138,7 +138,7 @@ class DDPMConfig:
         attention = self.attention if self.attention is not None else _last_level_only(len(self.channels))
         if len(attention) != len(self.channels) or not all(isinstance(a, bool) for a in attention):
             problems.append(f"attention: one true/false per level of channels ({len(self.channels)}), "
-                            f"got {list(self.attention)}")
+                            f"got {list(attention)}")
         return problems
 
 
