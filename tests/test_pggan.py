@@ -57,6 +57,8 @@ def test_defaults_keep_the_papers_loss_and_optimiser():
     ({"ema_decay": 1.0}, "ema_decay: must be in"),
     ({"drift": -0.1}, "drift: must be >= 0"),
     ({"noise_layer": "yes"}, "noise_layer: must be true or false"),
+    ({"pixel_noise": 1}, "pixel_noise: must be true or false"),
+    ({"upsampling": "bicubic"}, "upsampling: must be one of nearest, bilinear"),
     ({"gp_every": 0}, "gp_every: must be a positive integer"),
     ({"lr": 0}, "lr: must be positive"),
 ])
@@ -151,12 +153,13 @@ def test_networks_grow_from_4x4_to_the_model_size():
     assert g(z).shape == (3, 4, 64, 64)  # no level: the model size
 
 
-def test_fade_in_blends_the_new_level_with_the_upsampled_previous_one():
-    g, c = _nets()
+@pytest.mark.parametrize("upsampling", ["nearest", "bilinear"])
+def test_fade_in_blends_the_new_level_with_the_upsampled_previous_one(upsampling):
+    g, c = _nets(upsampling=upsampling)
     z = torch.randn(4, 8)
     with torch.no_grad():
         for level in (1, 2, 3):
-            coarse = F.interpolate(g(z, level - 1, 1.0), scale_factor=2, mode="nearest")
+            coarse = F.interpolate(g(z, level - 1, 1.0), scale_factor=2, mode=upsampling)
             fine = g(z, level, 1.0)
             torch.testing.assert_close(g(z, level, 0.0), coarse)
             torch.testing.assert_close(g(z, level, 0.25), 0.75 * coarse + 0.25 * fine)
@@ -184,6 +187,19 @@ def test_real_pictures_are_blended_the_same_way_during_a_fade_in_labels_included
     assert ((channel > -0.99) & (channel < 0.99)).any()
     torch.testing.assert_close(channel[:, ::2, ::2], stable8[:, 2])
     assert torch.equal(pggan.real_pictures(joint, 3, 1.0), joint)
+    # bilinear growing blends the reals with the coarser level bilinearly upsampled, as its generator does
+    smooth8 = F.interpolate(stable8, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(pggan.real_pictures(joint, 2, 0.4, "bilinear"), 0.6 * smooth8 + 0.4 * stable16)
+
+
+def test_bilinear_upsampling_leaves_no_2x2_blocks():
+    g, _ = _nets(upsampling="nearest")
+    smooth, _ = _nets(upsampling="bilinear")
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        blocky, soft = g(z, 3, 0.0), smooth(z, 3, 0.0)  # alpha 0: the 16x16 picture upsampled
+    torch.testing.assert_close(blocky[..., ::2, :], blocky[..., 1::2, :])  # each row drawn twice
+    assert not torch.allclose(soft[..., ::2, :], soft[..., 1::2, :])
 
 
 def test_every_parameter_takes_part_in_every_pass():
@@ -203,11 +219,36 @@ def test_noise_layer_adds_a_32x32_noise_map_at_the_fourth_level():
         assert g(z, 2).shape[-1] == 16  # below 32x32 no noise is needed
         with pytest.raises(ValueError, match="noise"):
             g(z, 3)
-        a, b = g(z, 4, 1.0, torch.randn(2, 1, 32, 32)), g(z, 4, 1.0, torch.randn(2, 1, 32, 32))
+        a, b = g(z, 4, 1.0, [torch.randn(2, 1, 32, 32)]), g(z, 4, 1.0, [torch.randn(2, 1, 32, 32)])
     assert not torch.allclose(a, b)  # the same latent, other noise: other fine detail
     with pytest.raises(ValueError, match="at least 32"):
         _nets(16, noise_layer=True)
     sampler = pggan.load(pggan.PGGANConfig(latent_dim=8, base_filters=4, max_filters=16, noise_layer=True),
+                         JointEncoding(1, 3, IntensityMap([0.0], [1.0])), None, seed=0, shape=(32, 32))
+    s1, s2 = sampler.sample(3, seed=4), sampler.sample(3, seed=4)
+    np.testing.assert_array_equal(s1.images, s2.images)  # the noise comes from the sampler's seed
+
+
+def test_pixel_noise_adds_a_learned_per_channel_share_of_a_noise_map_per_level():
+    g, c = _nets(32, pixel_noise=True)
+    assert g.noise_shapes(2) == [(1, 4, 4), (1, 8, 8), (1, 16, 16)]
+    both, _ = _nets(32, pixel_noise=True, noise_layer=True)  # 000's map comes first
+    assert both.noise_shapes(3) == [(1, 32, 32), (1, 4, 4), (1, 8, 8), (1, 16, 16), (1, 32, 32)]
+    z = torch.randn(2, 8)
+    noise = [g.draw_noise(2, 3, torch.randn) for _ in range(2)]
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="needs 4 noise map"):
+            g(z, 3)
+        # the strengths start at zero: a fresh generator draws the same picture under any noise
+        torch.testing.assert_close(g(z, 3, 1.0, noise[0]), g(z, 3, 1.0, noise[1]))
+        g.blocks[2][1].noise_strength.fill_(0.5)  # the 32x32 level's second convolution
+        a, b = g(z, 3, 1.0, noise[0]), g(z, 3, 1.0, noise[1])
+    assert not torch.allclose(a, b)
+    c(g(z, 3, 1.0, noise[0]), 3, 1.0).sum().backward()  # the strengths learn
+    assert g.blocks[2][1].noise_strength.grad.abs().sum() > 0
+    # they belong to the convolutions: gansfer's layer freezing covers them
+    assert any(conv.noise_strength is not None for conv in g.layers() if isinstance(conv, pggan.EqualizedConv2d))
+    sampler = pggan.load(pggan.PGGANConfig(latent_dim=8, base_filters=4, max_filters=16, pixel_noise=True),
                          JointEncoding(1, 3, IntensityMap([0.0], [1.0])), None, seed=0, shape=(32, 32))
     s1, s2 = sampler.sample(3, seed=4), sampler.sample(3, seed=4)
     np.testing.assert_array_equal(s1.images, s2.images)  # the noise comes from the sampler's seed
@@ -287,11 +328,11 @@ def test_a_lazy_penalty_is_computed_every_gp_every_critic_steps_weighted_to_matc
 def test_resume_mid_fade_in_continues_at_the_same_step_level_and_alpha(tmp_path, monkeypatch):
     """Killed at step 16, after the checkpoint of step 14, which is in the middle of the 32x32
     fade-in (alpha 1/3); the rerun resumes from step 14 with the same level and alpha and ends
-    identical to an uninterrupted run (000's noise layer on: its stream resumes too; a lazy
-    penalty keeps its rhythm and its reported value)."""
+    identical to an uninterrupted run (000's noise layer and the per-level noise maps on: their
+    stream resumes too; a lazy penalty keeps its rhythm and its reported value)."""
     data = ellipse_slices(["a", "b"], per_subject=2, seed=2)
     spec = _spec(seed=5, steps=18, fade_images=12, stable_images=8, checkpoint_every=7, noise_layer=True,
-                 gp_every=4, select={"by": "swd", "every": 7})
+                 pixel_noise=True, upsampling="bilinear", gp_every=4, select={"by": "swd", "every": 7})
     whole, whole_ctx = _train(spec, data, tmp_path, "whole")
     end_step = GeneratorSession.end_step
 

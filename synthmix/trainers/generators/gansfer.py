@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -337,9 +338,8 @@ class _Training:
             for start in range(0, n, 64):
                 m = min(64, n - start)
                 z = torch.randn(m, self.phase2.latent_dim, generator=stream)
-                noise = torch.randn(m, 1, pggan.NOISE_RESOLUTION, pggan.NOISE_RESOLUTION, generator=stream) \
-                    if self.phase2.uses_noise(last) else None
-                x = self.phase2(z.to(device), last, 1.0, None if noise is None else noise.to(device)).clamp(-1, 1)
+                noise = self.phase2.draw_noise(m, last, functools.partial(torch.randn, generator=stream))
+                x = self.phase2(z.to(device), last, 1.0, pggan.to_device(noise, device)).clamp(-1, 1)
                 labels = self.codec.decode(x[:, self.ic:])
                 parts.append(self.codec.encode(x[:, :self.ic], labels))
         self.teaching.value.copy_(torch.cat(parts))
@@ -402,8 +402,7 @@ class GANsferSampler(nn.Module):
         for start in range(0, n, self.batch_size):
             m = min(self.batch_size, n - start)
             z = torch.randn(m, first.latent_dim, generator=stream)
-            noise = torch.randn(m, 1, pggan.NOISE_RESOLUTION, pggan.NOISE_RESOLUTION, generator=stream) \
-                if first.uses_noise(self.level) else None
+            noise = first.draw_noise(m, self.level, functools.partial(torch.randn, generator=stream))
             which = (torch.arange(start, start + m) % len(self.generators))
             x = None
             for i, g in enumerate(self.generators):
@@ -411,7 +410,7 @@ class GANsferSampler(nn.Module):
                 if not len(rows):
                     continue
                 out = g.eval().to(device)(z[rows].to(device), self.level, self.alpha,
-                                          None if noise is None else noise[rows].to(device))
+                                          None if noise is None else [n[rows].to(device) for n in noise])
                 if x is None:
                     x = torch.empty((m, *out.shape[1:]), dtype=out.dtype, device=out.device)
                 x[rows.to(out.device)] = out
