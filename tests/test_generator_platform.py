@@ -367,6 +367,9 @@ def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
         train_generator(_spec(steps=4, checkpoint_every=2), GeneratorData(ellipse_slices(["a", "b"])), context,
                         Path(root) / "artifact")
         Path(root, f"rank{rank}.json").write_text(json.dumps(context.reports))
+        # leave together: a rank that tears gloo down while its peer is still writing the
+        # artifact can abort in C++ (seen once in CI: SIGABRT in rank 1 after its last step)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
